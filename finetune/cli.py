@@ -1,0 +1,205 @@
+"""The `finetune` command line. Commands are thin: parse, call the module that does the work, map errors.
+
+Heavy libraries (torch, transformers, peft, trl) are imported inside the commands that need them,
+so `finetune --help` and `finetune validate` answer instantly.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Callable
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from finetune import __version__
+from finetune.errors import UserError
+
+app = typer.Typer(
+    help="Fine-tune small open LLMs with QLoRA: one YAML recipe, early stopping, a held-out test score.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)  # progress and tables on stderr; stdout stays clean for --json
+out = Console()
+
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
+Overrides = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a recipe key: --set train.epochs=2 (repeatable).")
+]
+
+
+def handle_errors(command: Callable) -> Callable:
+    """UserError -> one line on stderr, exit 2; Ctrl-C -> 130; anything else -> exit 1 (traceback with --debug)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        debug = kwargs.get("debug", False)
+        try:
+            return command(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except UserError as err:
+            if debug:
+                raise
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+        except Exception as err:
+            if debug:
+                raise
+            first = str(err).splitlines()[0] if str(err) else ""
+            typer.echo(f"error: unexpected {err.__class__.__name__}: {first} (rerun with --debug for the traceback)", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Silence the deprecation and progress spam of the HF stack unless -v asks for it."""
+    if verbose:
+        return
+    warnings.filterwarnings("ignore")
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    for name in ("transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "torch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"finetune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Fine-tune small open LLMs on your data: finetune train recipes/quickstart.yaml"""
+
+
+@app.command()
+@handle_errors
+def train(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Run directory (default: output.dir).")] = None,
+    set_: Overrides = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty run directory.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, read the data, print the plan; load no weights.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show library warnings and logs.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Fine-tune a model as the recipe says and write a run directory.
+
+    Example: finetune train recipes/quickstart.yaml -o runs/quick --set train.epochs=1
+    """
+    from finetune.config import load_recipe
+    from finetune.data import load_splits
+    from finetune.training import make_plan, warnings_for
+
+    loaded = load_recipe(recipe, set_ or [])
+    run = output or Path(loaded.output.dir or f"runs/{recipe.stem}")
+    loaded.output.dir = str(run)
+    splits = load_splits(loaded.data)
+    plan = make_plan(loaded, splits)
+    print_plan(loaded, plan, run)
+    if dry_run:
+        for note in warnings_for(loaded):
+            console.print(f"[yellow]note:[/] {note}")
+        console.print("[green]dry run:[/] recipe and data are valid; no weights were loaded")
+        return
+    quiet_libraries(verbose)
+    from finetune.training import train as run_training
+
+    metrics = run_training(loaded, run, console, overwrite=overwrite, progress=not quiet)
+    print_summary(metrics, run)
+
+
+@app.command()
+@handle_errors
+def validate(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    set_: Overrides = None,
+    debug: Debug = False,
+) -> None:
+    """Check a recipe (keys, types, values) and its data without loading a model.
+
+    Example: finetune validate recipes/llama-3.2-1b-finance.yaml
+    """
+    from finetune.config import load_recipe
+    from finetune.data import load_splits
+
+    loaded = load_recipe(recipe, set_ or [])
+    splits = load_splits(loaded.data)
+    sizes = ", ".join(f"{k} {v}" for k, v in splits.sizes().items())
+    typer.echo(f"{recipe}: valid ({splits.format} data: {sizes})")
+
+
+@app.command()
+@handle_errors
+def recipes(debug: Debug = False) -> None:
+    """List the recipes shipped with finetune, one line each."""
+    import yaml
+
+    from finetune.config import shipped_recipes_dir
+
+    table = Table(box=None, show_header=True, header_style="bold")
+    table.add_column("recipe")
+    table.add_column("description")
+    for path in sorted(shipped_recipes_dir().glob("*.yaml")):
+        description = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("description", "")
+        table.add_row(str(path), description)
+    out.print(table)
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+
+
+def print_plan(recipe, plan, run: Path) -> None:
+    quant = "4-bit " + recipe.quant.method.upper() if recipe.quant.method != "none" else "16/32-bit"
+    lines = [
+        f"[bold]model[/]     {recipe.model.name} ({quant}, LoRA r={recipe.lora.r}, targets {recipe.lora.target_modules})",
+        f"[bold]data[/]      train {plan.train_rows} / validation {plan.validation_rows} / test {plan.test_rows} rows",
+        f"[bold]schedule[/]  {plan.total_steps} steps ({plan.steps_per_epoch}/epoch), batch {plan.effective_batch}, "
+        f"validate every {plan.eval_steps} steps"
+        + (f", early stopping patience {recipe.early_stopping.patience}" if recipe.early_stopping.enabled else ""),
+        f"[bold]output[/]    {run}",
+    ]
+    console.print("\n".join(lines))
+
+
+def print_summary(metrics: dict, run: Path) -> None:
+    table = Table(title="finetune: run finished", show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("steps", f"{metrics['global_step']} of {metrics['planned_steps']} ({metrics['epochs_completed']:.2f} epochs)")
+    table.add_row("stopped early", "yes" if metrics["stopped_early"] else "no")
+    table.add_row("best validation loss", f"{metrics['best_eval_loss']:.4f} at step {metrics['best_step']}")
+    if "test_loss" in metrics:
+        table.add_row("test loss / perplexity", f"{metrics['test_loss']:.4f} / {metrics['test_perplexity']:.2f}")
+    table.add_row("time", f"{metrics['timings']['total_s']:.1f} s")
+    table.add_row("adapter", str(run / "adapter"))
+    console.print(table)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,343 @@
+"""The recipe: one strict pydantic model, loaded from YAML with `--set` overrides.
+
+Every section forbids unknown keys, so a typo is an error with a "did you mean" hint instead of a
+silently ignored setting. This module imports neither torch nor transformers: `finetune validate`
+and `--help` stay fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from finetune.errors import UserError
+
+TINY_MODEL = "builtin:tiny-llama"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    name: str = Field(description="Hub id (meta-llama/Llama-3.2-1B), local directory, or builtin:tiny-llama.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
+    trust_remote_code: bool = Field(False, description="Run Python code shipped with the model. Off: it executes.")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="Compute dtype: auto = bf16 on GPUs that support it, else fp16; fp32 on CPU."
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel. sdpa is PyTorch's fused attention and works everywhere."
+    )
+
+
+class QuantSection(Section):
+    method: Literal["nf4", "fp4", "none"] = Field(
+        "nf4", description="4-bit base weights (QLoRA) with nf4/fp4, or none for a 16/32-bit base (plain LoRA)."
+    )
+    double_quant: bool = Field(True, description="Quantize the quantization constants too (saves ~0.4 bit/param).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        # `quant: none` / `quant: nf4` is accepted as shorthand for `quant: {method: ...}`.
+        if isinstance(value, str):
+            return {"method": value}
+        if value is None:
+            return {"method": "none"}
+        return value
+
+
+class LoraSection(Section):
+    r: int = Field(16, gt=0, description="Rank of the adapter matrices: capacity vs. memory.")
+    alpha: float = Field(32, gt=0, description="Scale; the update is multiplied by alpha/r (alpha/sqrt(r) with rslora).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="all-linear, or module names such as [q_proj, v_proj]."
+    )
+    use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r); helps at high ranks.")
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA): better at low rank, slower.")
+    init: Literal["default", "gaussian", "pissa", "olora"] = Field(
+        "default", description="Adapter initialisation (pissa/olora start from the base weights' SVD/QR)."
+    )
+
+
+class SplitSection(Section):
+    validation: float = Field(0.1, ge=0, lt=1, description="Fraction of the rows held out for early stopping.")
+    test: float = Field(0.1, ge=0, lt=1, description="Fraction held out for the final score; never trained on.")
+    seed: int = Field(42, description="Seed of the shuffle that assigns rows to splits.")
+
+    @model_validator(mode="after")
+    def _leaves_training_rows(self) -> SplitSection:
+        if self.validation + self.test >= 1:
+            raise ValueError("validation + test must be below 1 so rows are left for training")
+        return self
+
+
+class ClassificationSection(Section):
+    text_column: str = Field("text", description="Column holding the input text.")
+    label_column: str = Field("label", description="Column holding the label (a name, or a key of `labels`).")
+    labels: dict[str, str] | list[str] | None = Field(
+        None, description="Label set: a list of names, or a mapping raw value -> name (e.g. {0: negative})."
+    )
+    template: str = Field(
+        "Classify the following text as one of: {labels}.\n\n{text}",
+        description="User prompt; {text} and {labels} are filled in. The answer is the label name.",
+    )
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _stringify_keys(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): str(v) for k, v in value.items()}
+        return value
+
+
+DataFormat = Literal["auto", "chat", "alpaca", "prompt_completion", "text", "classification"]
+
+
+class DataSection(Section):
+    path: str | None = Field(None, description="One file (JSONL/JSON/CSV/Parquet) or hub dataset id, split below.")
+    train: str | None = Field(None, description="Explicit training file (instead of `path`).")
+    validation: str | None = Field(None, description="Explicit validation file.")
+    test: str | None = Field(None, description="Explicit test file.")
+    hub_config: str | None = Field(None, description="Hub dataset configuration name.")
+    hub_split: str = Field("train", description="Hub dataset split to read from.")
+    format: DataFormat = Field("auto", description="Row format; auto detects it from the columns.")
+    split: SplitSection = Field(default_factory=SplitSection)
+    max_length: int = Field(1024, gt=0, description="Tokens per example; longer ones are truncated and counted.")
+    completion_only_loss: bool = Field(True, description="Loss on answer/assistant tokens only (not the prompt).")
+    system_prompt: str | None = Field(None, description="System message prepended to every conversation.")
+    chat_template: str | None = Field(None, description="Jinja chat template overriding the tokenizer's.")
+    classification: ClassificationSection = Field(default_factory=ClassificationSection)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSection:
+        if self.path and self.train:
+            raise ValueError("give either `path` (split automatically) or `train` (+ validation/test files), not both")
+        if not self.path and not self.train:
+            raise ValueError("no data: set data.path (one file, split automatically) or data.train")
+        return self
+
+
+Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd"]
+
+
+class TrainSection(Section):
+    epochs: float = Field(3, gt=0, description="Passes over the training split; above 3 usually overfits.")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (2e-4 is the usual QLoRA value).")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of the steps spent warming up.")
+    micro_batch_size: int = Field(4, gt=0, description="Examples per device per forward pass (drives memory).")
+    gradient_accumulation: int = Field(4, gt=0, description="Micro-batches per optimizer step.")
+    eval_batch_size: int | None = Field(None, gt=0, description="Defaults to micro_batch_size (never larger).")
+    optimizer: Optimizer = Field("adamw_torch", description="8-bit/paged variants cut optimizer memory (GPU).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum for sgd.")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    gradient_checkpointing: bool = Field(True, description="Recompute activations: ~30% slower, far less memory.")
+    eval_steps: int | Literal["auto"] = Field(
+        "auto", description="Evaluate every N optimizer steps; auto = about 5 times per epoch."
+    )
+    logging_steps: int = Field(5, gt=0, description="Record the training loss every N optimizer steps.")
+    seed: int = Field(42, description="Seed for weights init of the adapter, dropout and data order.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list, description="Experiment trackers; tensorboard logs go to RUN/tb."
+    )
+
+    @field_validator("eval_steps")
+    @classmethod
+    def _positive_eval_steps(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value <= 0:
+            raise ValueError("must be a positive integer or 'auto'")
+        return value
+
+
+class EarlyStoppingSection(Section):
+    enabled: bool = Field(True, description="Stop when validation loss stops improving; keep the best adapter.")
+    patience: int = Field(3, gt=0, description="Evaluations without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest drop in validation loss that counts as improvement.")
+
+
+class OutputSection(Section):
+    dir: str | None = Field(None, description="Run directory (relative to the working directory); default runs/<recipe>.")
+    save_total_limit: int = Field(2, gt=0, description="Checkpoints kept besides the best one.")
+
+
+class Recipe(Section):
+    """A complete fine-tuning run. Relative data paths are resolved against the recipe's folder."""
+
+    model: ModelSection
+    quant: QuantSection = Field(default_factory=QuantSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    data: DataSection
+    train: TrainSection = Field(default_factory=TrainSection)
+    early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+    description: str | None = Field(None, description="One line shown by `finetune recipes`.")
+
+    def resolved_dict(self) -> dict[str, Any]:
+        """Everything, defaults filled in: what RUN/recipe.yaml records."""
+        return self.model_dump(mode="json")
+
+    def fingerprint(self) -> str:
+        """sha256 of the resolved recipe, minus where it is written to (same run, other folder = same hash)."""
+        data = self.resolved_dict()
+        data.pop("output", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override and validate a recipe. Raises UserError with one line naming file, line and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: recipe not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read the recipe ({err.__class__.__name__}); is it a UTF-8 YAML file?") from err
+    try:
+        raw = yaml.safe_load(text)
+        lines = _key_lines(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise UserError(f"{path}{where}: {problem}; fix the YAML syntax") from err
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a recipe is a YAML mapping with sections model, data, train, ...")
+    for override in overrides:
+        _apply_override(raw, override)
+    recipe = validate_recipe(raw, source=str(path), lines=lines)
+    return _resolve_paths(recipe, path.parent.resolve())
+
+
+def validate_recipe(raw: dict[str, Any], source: str = "recipe", lines: dict[str, int] | None = None) -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(_explain(err, source, lines or {})) from err
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    """`train.learning_rate=1e-4`: the value is parsed as YAML, so numbers, bools and lists keep their type."""
+    key, sep, value = override.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {override!r}: expected key.path=value, e.g. --set train.epochs=2")
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None or isinstance(child, str):  # `quant: none` shorthand becomes a mapping
+            child = {} if child is None else {"method": child}
+            node[part] = child
+        if not isinstance(child, dict):
+            raise UserError(f"--set {key}: {part} is not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as err:
+        raise UserError(f"--set {key}: cannot parse value {value!r}") from err
+
+
+def _explain(err: ValidationError, source: str, lines: dict[str, int]) -> str:
+    """The first validation error as one line: `file:line: key: problem; hint`."""
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"] if not str(p).startswith("function-after")]
+    key = ".".join(loc) or "(top level)"
+    line = _nearest_line(loc, lines)
+    where = f"{source}:{line}" if line else source
+    if first["type"] == "extra_forbidden":
+        fields = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], fields, n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(fields)}"
+        return f"{where}: unknown key '{key}'; {hint}"
+    if first["type"] == "missing":
+        return f"{where}: missing required key '{key}'"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "literal_error":
+        message = f"must be {first['ctx']['expected']}"
+    given = first.get("input")
+    shown = f" (got {given!r})" if isinstance(given, (str, int, float, bool)) else ""
+    return f"{where}: {key}: {message}{shown}"
+
+
+def _fields_at(loc: list[str]) -> list[str]:
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return list(model.model_fields)
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Map dotted key paths to 1-based line numbers, so errors can point into the file."""
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                path = f"{prefix}{key_node.value}"
+                lines[path] = key_node.start_mark.line + 1
+                walk(value_node, path + ".")
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+def _nearest_line(loc: list[str], lines: dict[str, int]) -> int | None:
+    for end in range(len(loc), 0, -1):
+        line = lines.get(".".join(loc[:end]))
+        if line:
+            return line
+    return None
+
+
+def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
+    """Data files and local model folders are relative to the recipe file, not to where it is run from."""
+
+    def resolve(value: str | None) -> str | None:
+        if value is None:
+            return None
+        candidate = Path(value).expanduser()
+        if not candidate.is_absolute():
+            candidate = base / candidate
+        # A hub id (org/name) that is not a local path stays as written.
+        return str(candidate) if candidate.exists() or _looks_local(value) else value
+
+    data = recipe.data
+    for field in ("path", "train", "validation", "test"):
+        setattr(data, field, resolve(getattr(data, field)))
+    if not recipe.model.name.startswith("builtin:"):
+        recipe.model.name = resolve(recipe.model.name) or recipe.model.name
+    return recipe
+
+
+def _looks_local(value: str) -> bool:
+    """A path the user clearly meant as a file: has a data-file suffix or starts with ./ ../ / ~."""
+    suffixes = (".jsonl", ".json", ".csv", ".parquet", ".yaml", ".yml")
+    return value.startswith((".", "/", "~")) or value.endswith(suffixes)
+
+
+def shipped_recipes_dir() -> Path:
+    """recipes/ beside the package (editable installs) or inside it (wheels)."""
+    for candidate in (Path(__file__).parent / "recipes", Path(__file__).parent.parent / "recipes"):
+        if candidate.is_dir():
+            return candidate
+    return Path(__file__).parent.parent / "recipes"

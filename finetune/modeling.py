@@ -1,0 +1,172 @@
+"""Load the base model (4-bit or not) and attach LoRA. The only place dtypes and devices are decided."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from finetune.config import TINY_MODEL, LoraSection, ModelSection, Recipe
+from finetune.errors import UserError
+
+log = logging.getLogger("finetune")
+
+# recipe init name -> peft's init_lora_weights value
+LORA_INITS: dict[str, Any] = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+
+
+def resolve_model_path(model: ModelSection) -> str:
+    """A local directory or a hub id that from_pretrained can load; checked before any weight is read."""
+    if model.name == TINY_MODEL:
+        from finetune.tiny import tiny_llama_path
+
+        return str(tiny_llama_path())
+    if model.name.startswith("builtin:"):
+        raise UserError(f"model.name: unknown built-in model '{model.name}'; the only one is {TINY_MODEL}")
+    path = Path(model.name)
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"{path}: model.name must be a model directory (with config.json), not a file")
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path}: no config.json; this is not a transformers model directory")
+        weights = {p.suffix for p in path.glob("*") if p.suffix in {".safetensors", ".bin", ".pt", ".pth"}}
+        if weights and ".safetensors" not in weights:
+            raise UserError(
+                f"{path}: only pickle weights ({', '.join(sorted(weights))}); pickle can run arbitrary code when "
+                "loaded, so convert the checkpoint to safetensors first"
+            )
+    elif model.name.startswith((".", "/", "~")) or model.name.count("/") > 1:
+        raise UserError(f"{model.name}: model directory not found (paths are relative to the recipe file)")
+    check_architecture(model)
+    return model.name
+
+
+def check_architecture(model: ModelSection) -> None:
+    """The config must name a causal-LM architecture transformers knows (reads config.json only)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if model.trust_remote_code:
+        log.warning("trust_remote_code is on: Python code from '%s' will run on this machine", model.name)
+    try:
+        config = AutoConfig.from_pretrained(model.name, revision=model.revision, trust_remote_code=model.trust_remote_code)
+    except ValueError as err:  # unknown model_type
+        raise UserError(f"{model.name}: unsupported architecture ({str(err).splitlines()[0]})") from err
+    except OSError as err:  # not on the hub, no network, gated
+        raise UserError(
+            f"{model.name}: unknown model id or the hub is unreachable; use a local model directory "
+            "(with config.json and safetensors) or check the id and network"
+        ) from err
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not model.trust_remote_code:
+        raise UserError(f"{model.name}: model_type '{config.model_type}' is not a causal language model transformers supports")
+
+
+def device_for_this_process():
+    """cuda:LOCAL_RANK when a GPU is present (each torchrun rank owns one), else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def compute_dtype(requested: str, device) -> Any:
+    """bf16 on GPUs that support it (Ampere+), fp16 on older GPUs (T4), fp32 on CPU (fast and exact there)."""
+    import torch
+
+    named = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if requested != "auto":
+        return named[requested]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_tokenizer(path: str, model: ModelSection):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, revision=model.revision, trust_remote_code=model.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot load the tokenizer ({str(err).splitlines()[0]})") from err
+
+
+def bnb_config(recipe: Recipe, dtype):
+    """recipe.quant -> BitsAndBytesConfig, or None for a 16/32-bit base (plain LoRA)."""
+    if recipe.quant.method == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=recipe.quant.method,
+        bnb_4bit_use_double_quant=recipe.quant.double_quant,
+        bnb_4bit_compute_dtype=dtype,
+    )
+
+
+def lora_config(lora: LoraSection):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        use_rslora=lora.use_rslora,
+        use_dora=lora.use_dora,
+        init_lora_weights=LORA_INITS[lora.init],
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_base_model(path: str, recipe: Recipe, device, dtype):
+    """The frozen base: 4-bit NF4 through bitsandbytes unless quant.method is none."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            revision=recipe.model.revision,
+            quantization_config=bnb_config(recipe, dtype),
+            dtype=dtype,
+            device_map={"": device},
+            attn_implementation=recipe.model.attn_implementation,
+            trust_remote_code=recipe.model.trust_remote_code,
+            use_safetensors=True,  # never unpickle weights
+        )
+    except ImportError as err:  # e.g. flash_attention_2 requested but not installed
+        raise UserError(f"model: {str(err).splitlines()[0]}") from err
+    model.config.use_cache = False  # the KV cache is useless in training and costs memory
+    return model
+
+
+def attach_lora(model, recipe: Recipe):
+    """Prepare for training (k-bit prep upcasts norms/embeddings to fp32, as peft recommends) and add LoRA."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    checkpointing = recipe.train.gradient_checkpointing
+    kwargs = {"use_reentrant": False}  # non-reentrant works with frozen inputs and is the supported path
+    if getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs=kwargs
+        )
+    elif checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        model.enable_input_require_grads()
+    try:
+        return get_peft_model(model, lora_config(recipe.lora))
+    except ValueError as err:  # e.g. "Target modules {...} not found in the base model"
+        raise UserError(f"lora.target_modules: {str(err).splitlines()[0]}") from err
+
+
+def load_for_training(path: str, recipe: Recipe, device, dtype):
+    return attach_lora(load_base_model(path, recipe, device, dtype), recipe)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) in parameters, counting 4-bit packed weights as their real element count."""
+    trainable, total = model.get_nb_trainable_parameters()
+    return trainable, total

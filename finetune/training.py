@@ -1,0 +1,262 @@
+"""The training recipe, top to bottom: seed -> data -> model -> SFTTrainer -> run directory.
+
+    plan = make_plan(recipe, splits)        how many steps, when to evaluate (no weights loaded)
+    result = train(recipe, run, console)    the run itself; returns what metrics.json holds
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from finetune import run_dir
+from finetune.config import Recipe
+from finetune.data import Splits, load_splits
+from finetune.errors import UserError
+
+PACKAGES = ("finetune", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate")
+
+
+@dataclass
+class Plan:
+    """The shape of the run, computed from the recipe and the split sizes alone."""
+
+    train_rows: int
+    validation_rows: int
+    test_rows: int
+    world_size: int
+    effective_batch: int  # examples per optimizer step, all processes together
+    steps_per_epoch: int
+    total_steps: int
+    eval_steps: int  # evaluation and checkpoint interval: the same number, so they always line up
+
+
+def make_plan(recipe: Recipe, splits: Splits, world_size: int = 1) -> Plan:
+    t = recipe.train
+    effective = t.micro_batch_size * t.gradient_accumulation * world_size
+    batches_per_rank = math.ceil(len(splits.train) / (t.micro_batch_size * world_size))
+    steps_per_epoch = max(1, math.ceil(batches_per_rank / t.gradient_accumulation))
+    total = t.max_steps or max(1, math.ceil(steps_per_epoch * t.epochs))
+    # auto: about five validations per epoch, enough for early stopping to react within an epoch
+    eval_steps = t.eval_steps if isinstance(t.eval_steps, int) else max(1, round(steps_per_epoch / 5))
+    return Plan(
+        train_rows=len(splits.train),
+        validation_rows=len(splits.validation),
+        test_rows=len(splits.test),
+        world_size=world_size,
+        effective_batch=effective,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+        eval_steps=min(eval_steps, total),
+    )
+
+
+def warnings_for(recipe: Recipe) -> list[str]:
+    notes = []
+    if recipe.train.epochs > 3 and recipe.train.max_steps is None:
+        notes.append(f"train.epochs is {recipe.train.epochs:g}: above 3 epochs LoRA fine-tunes usually overfit")
+    return notes
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def train(recipe: Recipe, run: Path, console: Console, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune, keep the best adapter, score the test split, and write the run directory."""
+    from transformers import EarlyStoppingCallback, PrinterCallback, set_seed
+    from trl import SFTTrainer
+
+    from finetune import modeling
+    from finetune.callbacks import RichProgress, loss_history
+    from finetune.tokenization import check_special_tokens, ensure_chat_template
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    set_seed(recipe.train.seed)
+
+    # Data: read, split and tokenize before touching the output folder or loading weights, so
+    # bad input fails fast and leaves nothing behind.
+    splits = load_splits(recipe.data)
+    plan = make_plan(recipe, splits, world_size())
+    model_path = modeling.resolve_model_path(recipe.model)
+    tokenizer = modeling.load_tokenizer(model_path, recipe.model)
+    notes = check_special_tokens(tokenizer)
+    ensure_chat_template(tokenizer, recipe.data.chat_template)
+    datasets, reports = _tokenize(splits, tokenizer, recipe)
+    timings["data_s"] = time.perf_counter() - started
+    for note in notes + warnings_for(recipe) + _report_notes(reports, recipe.data.max_length):
+        console.print(f"[yellow]note:[/] {note}")
+
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main:
+        run_dir.prepare(run, overwrite)
+        run_dir.write_recipe(run, recipe.resolved_dict())
+
+    # Model: the frozen base (4-bit unless quant.method is none) with LoRA adapters.
+    t0 = time.perf_counter()
+    device = modeling.device_for_this_process()
+    dtype = modeling.compute_dtype(recipe.model.dtype, device)
+    model = modeling.load_for_training(model_path, recipe, device, dtype)
+    trainable, total = model.get_nb_trainable_parameters()
+    timings["model_load_s"] = time.perf_counter() - t0
+
+    # Trainer: evaluation and checkpoints share one interval, so the best checkpoint always exists.
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(recipe, plan, run, dtype, device),
+        train_dataset=datasets["train"],
+        eval_dataset=datasets["validation"],
+        processing_class=tokenizer,
+    )
+    trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; the progress bar replaces them
+    stopper = None
+    if recipe.early_stopping.enabled:
+        stopper = EarlyStoppingCallback(recipe.early_stopping.patience, recipe.early_stopping.min_delta)
+        trainer.add_callback(stopper)
+    trainer.add_callback(RichProgress(console, enabled=progress))
+
+    t0 = time.perf_counter()
+    trainer.train()
+    timings["train_s"] = time.perf_counter() - t0
+
+    # The trainer has reloaded the best checkpoint (load_best_model_at_end): that is the adapter we keep.
+    state = trainer.state
+    results: dict[str, Any] = {
+        "global_step": state.global_step,
+        "epochs_completed": round(float(state.epoch or 0), 4),
+        "best_step": state.best_global_step,
+        "best_eval_loss": state.best_metric,
+        "stopped_early": bool(stopper and stopper.early_stopping_patience_counter >= recipe.early_stopping.patience),
+        "planned_steps": plan.total_steps,
+        "eval_steps": plan.eval_steps,
+        "effective_batch_size": plan.effective_batch,
+        "history": loss_history(state.log_history),
+    }
+    if stopper is not None:
+        trainer.remove_callback(stopper)  # it would complain that the test metrics have no eval_loss
+    if datasets.get("test") is not None:
+        t0 = time.perf_counter()
+        test = trainer.evaluate(datasets["test"], metric_key_prefix="test")
+        results["test_loss"] = test["test_loss"]
+        results["test_perplexity"] = math.exp(min(test["test_loss"], 50.0))
+        timings["test_s"] = time.perf_counter() - t0
+
+    if is_main:
+        run_dir.save_adapter(run, trainer.model, tokenizer)
+        run_dir.plot_loss(results["history"], results["best_step"], run / "loss.png")
+        timings["total_s"] = time.perf_counter() - started
+        metrics = {
+            **results,
+            "parameters": {"trainable": trainable, "total": total},
+            "splits": splits.sizes(),
+            "data_format": splits.format,
+            "tokenization": {name: asdict(report) for name, report in reports.items()},
+            "world_size": plan.world_size,
+            "backend": "hf",
+            "device": str(device),
+            "compute_dtype": str(dtype).removeprefix("torch."),
+            "versions": package_versions(),
+            "data_hash": splits.data_hash,
+            "recipe_hash": recipe.fingerprint(),
+            "events": [],
+            "timings": {k: round(v, 3) for k, v in timings.items()},
+        }
+        run_dir.write_json(run / run_dir.METRICS, metrics)  # last: its presence marks a finished run
+        return metrics
+    return results
+
+
+def _tokenize(splits: Splits, tokenizer, recipe: Recipe):
+    import datasets as hf_datasets
+
+    from finetune.tokenization import encode_split
+
+    out, reports = {}, {}
+    for name in ("train", "validation", "test"):
+        examples = getattr(splits, name)
+        if not examples:
+            out[name] = None
+            continue
+        columns, report = encode_split(examples, tokenizer, recipe.data.max_length, recipe.data.completion_only_loss)
+        if not columns["input_ids"]:
+            raise UserError(
+                f"data: every {name} example is longer than data.max_length={recipe.data.max_length} before its "
+                "answer starts; raise data.max_length"
+            )
+        out[name] = hf_datasets.Dataset.from_dict(columns)
+        reports[name] = report
+    return out, reports
+
+
+def _report_notes(reports, max_length: int) -> list[str]:
+    notes = []
+    for name, report in reports.items():
+        if report.truncated:
+            notes.append(f"{report.truncated} of {report.examples} {name} examples exceed data.max_length={max_length} and were truncated")
+        if report.dropped_no_target:
+            notes.append(f"{report.dropped_no_target} {name} examples had no answer token left after truncation and were dropped")
+    return notes
+
+
+def sft_config(recipe: Recipe, plan: Plan, run: Path, dtype, device):
+    """recipe.train + early_stopping -> TRL's SFTConfig (a transformers TrainingArguments)."""
+    import torch
+    from trl import SFTConfig
+
+    t = recipe.train
+    if "tensorboard" in t.report_to:  # transformers 5 reads the TensorBoard folder from the environment
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run / "tb")
+    return SFTConfig(
+        output_dir=str(run / "checkpoints"),
+        num_train_epochs=t.epochs,
+        max_steps=plan.total_steps,
+        per_device_train_batch_size=t.micro_batch_size,
+        per_device_eval_batch_size=t.eval_batch_size or t.micro_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # a float below 1 is a fraction of the total steps
+        optim=t.optimizer,
+        optim_args=f"momentum={t.momentum}" if t.optimizer == "sgd" else None,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=device.type == "cuda" and dtype == torch.bfloat16,
+        fp16=device.type == "cuda" and dtype == torch.float16,
+        use_cpu=device.type == "cpu",
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        eval_strategy="steps",
+        eval_steps=plan.eval_steps,
+        save_strategy="steps",
+        save_steps=plan.eval_steps,
+        save_total_limit=recipe.output.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=min(t.logging_steps, plan.eval_steps),
+        report_to=list(t.report_to) or "none",
+        disable_tqdm=True,
+        max_length=recipe.data.max_length,
+        dataset_num_proc=None,
+        ddp_find_unused_parameters=False,
+    )
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
