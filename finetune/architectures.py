@@ -273,3 +273,72 @@ def _fetch_hub_config(model: str, timeout_s: float = 5.0) -> dict[str, Any] | No
     except Exception:  # noqa: BLE001 - offline, 404, gated, bad JSON: all mean "not available"
         return None
     return data if isinstance(data, dict) else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LoRA: which weights get adapters, and how many trainable parameters that makes
+
+
+@dataclass(frozen=True)
+class LoraTarget:
+    """One adapted weight: `layers` copies of A [rank, in] and B [out, rank] (rank already times the experts)."""
+
+    linear: Linear
+    rank: int
+    layers: int
+
+    @property
+    def params(self) -> int:
+        return self.layers * self.rank * (self.linear.in_features + self.linear.out_features)
+
+
+# peft 0.21 remaps "all-linear" on transformers-5 Mixtral to the v4 names (w1/w3 -> fused gate_up_proj with rank 2r,
+# w2 -> down_proj, gate -> router weight): peft/utils/transformers_weight_conversion.py, _MOE_TARGET_MODULE_MAPPING,
+# applied only where transformers has a checkpoint conversion mapping (mixtral; not qwen2_moe in transformers 5.24).
+_PEFT_MOE_REMAPPED = ("mixtral",)
+
+
+def lora_targets(spec: ArchitectureSpec, r: int, target_modules: str | list[str] | tuple[str, ...]) -> list[LoraTarget]:
+    """The adapters peft's get_peft_model creates for `target_modules` ("all-linear" or leaf module names)."""
+    if r <= 0:
+        raise UserError(f"lora r must be positive (got {r})")
+    dense = [lin for lin in spec.layer_linears(sparse=False)]
+    sparse = [lin for lin in spec.layer_linears(sparse=True)] if spec.is_moe else []
+    head = Linear("lm_head", spec.hidden_size, spec.vocab_size)
+    all_linear = isinstance(target_modules, str) and target_modules.lower() == "all-linear"
+    if all_linear:
+        wanted = {lin.name for lin in dense + sparse}  # every nn.Linear except the output head (peft's rule)
+    else:
+        names = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+        wanted = {n.strip() for n in names if n.strip()}
+        known = {lin.name for lin in dense + sparse} | {"lm_head"}
+        unknown = sorted(wanted - known)
+        if unknown or not wanted:
+            raise UserError(
+                f"lora target_modules {unknown or names} match no linear layer of this {spec.model_type} model; "
+                f"choose from: all-linear, {', '.join(sorted(known))}"
+            )
+    targets: list[LoraTarget] = []
+    for lin in dense:
+        if lin.name in wanted and spec.dense_layers:
+            targets.append(LoraTarget(lin, r, spec.dense_layers))
+    for lin in sparse:
+        if lin.name in wanted and spec.sparse_layers:
+            targets.append(LoraTarget(lin, r, spec.sparse_layers))
+    if not all_linear and "lm_head" in wanted:
+        targets.append(LoraTarget(head, r, 1))
+    if all_linear and spec.model_type in _PEFT_MOE_REMAPPED and spec.sparse_layers:
+        gate_up, down = spec.expert_params()
+        e = spec.num_experts
+        router = Linear("gate", spec.hidden_size, spec.num_experts)
+        targets += [
+            LoraTarget(router, r, spec.sparse_layers),
+            LoraTarget(Linear("experts.gate_up_proj", gate_up.in_features, gate_up.out_features), 2 * r * e, spec.sparse_layers),
+            LoraTarget(Linear("experts.down_proj", down.in_features, down.out_features), r * e, spec.sparse_layers),
+        ]
+    return targets
+
+
+def lora_params(spec: ArchitectureSpec, r: int, target_modules: str | list[str] | tuple[str, ...]) -> int:
+    """Trainable parameters of the adapter (what peft's print_trainable_parameters reports)."""
+    return sum(t.params for t in lora_targets(spec, r, target_modules))

@@ -161,13 +161,11 @@ def recipes(debug: Debug = False) -> None:
 
     from finetune.config import shipped_recipes_dir
 
-    table = Table(box=None, show_header=True, header_style="bold")
-    table.add_column("recipe")
-    table.add_column("description")
-    for path in sorted(shipped_recipes_dir().glob("*.yaml")):
+    paths = sorted(shipped_recipes_dir().glob("*.yaml"))
+    width = max((len(p.name) for p in paths), default=0)
+    for path in paths:
         description = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("description", "")
-        table.add_row(str(path), description)
-    out.print(table)
+        typer.echo(f"recipes/{path.name:<{width}}  {description}")
 
 
 # --------------------------------------------------------------------------------------------

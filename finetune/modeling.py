@@ -140,7 +140,23 @@ def load_base_model(path: str, recipe: Recipe, device, dtype):
     except ImportError as err:  # e.g. flash_attention_2 requested but not installed
         raise UserError(f"model: {str(err).splitlines()[0]}") from err
     model.config.use_cache = False  # the KV cache is useless in training and costs memory
+    if device.type == "cpu":
+        keep_cpu_weights_differentiable(model)
     return model
+
+
+def keep_cpu_weights_differentiable(model) -> None:
+    """Stop bitsandbytes (0.50) from repacking 4-bit weights for its AVX512-BF16 inference kernel.
+
+    Linear4bit repacks its weight the first time it runs in eval mode on such a CPU, and keeps the
+    packed layout when training resumes; that kernel has no autograd formula, so after the first
+    validation the gradient through every quantized layer would be silently dropped.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def attach_lora(model, recipe: Recipe):

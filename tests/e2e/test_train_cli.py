@@ -1,0 +1,228 @@
+"""End to end: the real CLI, the real 4-bit tiny model, the real SFTTrainer, on the CPU."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from finetune.cli import app
+from tests.conftest import ROOT, write_jsonl
+
+runner = CliRunner()
+
+
+def run_cli(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "quick"
+    result = run_cli("train", ROOT / "recipes" / "quickstart.yaml", "-o", run, "-q")
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_quickstart_writes_a_complete_run_directory(quickstart_run):
+    run = quickstart_run
+    files = {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and "checkpoints" not in p.parts}
+    assert {
+        "recipe.yaml",
+        "metrics.json",
+        "loss.png",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/tokenizer.json",
+        "adapter/tokenizer_config.json",
+    } <= files
+    assert not any(name.startswith(".") for name in files), "no staging leftovers"
+    assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("global_step", "epochs_completed", "best_step", "best_eval_loss", "stopped_early", "history",
+                "test_loss", "test_perplexity", "world_size", "backend", "versions", "data_hash",
+                "recipe_hash", "events", "timings"):
+        assert key in metrics, key
+    assert metrics["world_size"] == 1 and metrics["backend"] == "hf"
+    assert metrics["splits"] == {"train": 320, "validation": 40, "test": 40}
+    evals = [row["eval_loss"] for row in metrics["history"] if "eval_loss" in row]
+    assert metrics["best_eval_loss"] == pytest.approx(min(evals))
+    assert metrics["best_eval_loss"] < evals[0] - 0.3, "the quickstart must visibly learn"
+    assert any("loss" in row for row in metrics["history"])
+    assert metrics["test_perplexity"] == pytest.approx(2.718281828 ** metrics["test_loss"], rel=1e-6)
+    assert {"torch", "transformers", "peft", "trl", "bitsandbytes"} <= set(metrics["versions"])
+
+    adapter_config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 8 and adapter_config["peft_type"] == "LORA"
+    assert Path(adapter_config["base_model_name_or_path"]).is_dir()
+    recipe = (run / "recipe.yaml").read_text()
+    assert "builtin:tiny-llama" in recipe and "early_stopping" in recipe
+
+
+def test_adapter_reloads_with_plain_peft_and_reproduces_the_validation_loss(quickstart_run):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from trl import SFTTrainer
+
+    from finetune.config import load_recipe
+    from finetune.data import load_splits
+    from finetune.tokenization import encode_split
+    from datasets import Dataset
+
+    adapter = quickstart_run / "adapter"
+    base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+    # 1. Plain peft on a plain (unquantized) base: it loads and generates.
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
+    assert model.generate(torch.tensor([[1, 70]]), max_new_tokens=3, do_sample=False).shape == (1, 5)
+
+    # 2. The same 4-bit base as in training reproduces the recorded best validation loss.
+    recipe = load_recipe(quickstart_run / "recipe.yaml")
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.float32)
+    base4 = AutoModelForCausalLM.from_pretrained(base, quantization_config=quant, dtype=torch.float32,
+                                                 device_map={"": "cpu"})
+    model4 = PeftModel.from_pretrained(base4, adapter)
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    validation = load_splits(recipe.data).validation
+    columns, _ = encode_split(validation, tokenizer, recipe.data.max_length, True)
+
+    from finetune.training import make_plan, sft_config
+
+    plan = make_plan(recipe, load_splits(recipe.data))
+    args = sft_config(recipe, plan, quickstart_run / "reeval", torch.float32, torch.device("cpu"))
+    trainer = SFTTrainer(model=model4, args=args, eval_dataset=Dataset.from_dict(columns),
+                         train_dataset=Dataset.from_dict(columns), processing_class=tokenizer)
+    loss = trainer.evaluate()["eval_loss"]
+    metrics = json.loads((quickstart_run / "metrics.json").read_text())
+    assert loss == pytest.approx(metrics["best_eval_loss"], rel=1e-4)
+
+
+def test_early_stopping_stops_when_validation_loss_rises(tmp_path, write_recipe):
+    # Train answers are all "a", validation answers all "z": fitting the training split makes the
+    # validation loss rise from the first evaluation, so early stopping must end the run.
+    train = write_jsonl(tmp_path / "train.jsonl", [{"prompt": f"Q{i}", "completion": "a" * 20} for i in range(64)])
+    val = write_jsonl(tmp_path / "val.jsonl", [{"prompt": f"Q{i}", "completion": "z" * 20} for i in range(8)])
+    recipe = write_recipe({
+        "data": {"path": None, "train": str(train), "validation": str(val)},
+        "train": {"epochs": 3, "eval_steps": 2, "learning_rate": 1e-2},
+        "early_stopping": {"patience": 2},
+    })
+    result = run_cli("train", recipe, "-o", tmp_path / "run", "-q")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    evals = [row["eval_loss"] for row in metrics["history"] if "eval_loss" in row]
+    assert metrics["stopped_early"] is True
+    assert metrics["global_step"] < metrics["planned_steps"] == 24
+    assert metrics["best_step"] == 2 and len(evals) == 3 and evals[2] > evals[0]
+    assert "test_loss" not in metrics  # no test split was given
+
+
+def test_base_weights_stay_frozen_and_adapter_weights_change(tiny_model_path, write_recipe):
+    import bitsandbytes as bnb
+    import torch
+
+    from finetune import modeling
+    from finetune.config import load_recipe
+
+    recipe = load_recipe(write_recipe())
+    model = modeling.load_for_training(str(tiny_model_path), recipe, torch.device("cpu"), torch.float32)
+    # bitsandbytes repacks 4-bit weights into a CPU kernel layout on the first forward, so the packed
+    # bytes may change while the weight does not: compare each quantized layer by its outputs.
+    quantized = {n: m for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    assert quantized, "the base is really 4-bit"
+    probes = {n: torch.randn(2, 3, m.in_features, generator=torch.Generator().manual_seed(0)) for n, m in quantized.items()}
+
+    def layer_outputs():
+        with torch.no_grad():
+            return {n: m(probes[n]) for n, m in quantized.items()}
+
+    before_outputs = layer_outputs()
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad and p.dtype != torch.uint8}
+    lora = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert lora and all("lora_" in n for n in lora)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = torch.randint(5, 200, (2, 32))
+    for _ in range(3):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[n], before) for n, before in frozen.items())
+    after_outputs = layer_outputs()
+    assert all(torch.equal(after_outputs[n], before_outputs[n]) for n in quantized)
+    assert all(not torch.equal(params[n], before) for n, before in lora.items() if "lora_B" in n)
+
+
+def test_non_empty_output_needs_overwrite(tmp_path, write_recipe):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("x")
+    result = run_cli("train", write_recipe(), "-o", run)
+    assert result.exit_code == 2
+    assert "--overwrite" in result.output and "Traceback" not in result.output
+    assert (run / "keep.txt").exists()
+
+
+def test_dry_run_loads_nothing_and_writes_nothing(tmp_path, write_recipe):
+    result = run_cli("train", write_recipe(), "-o", tmp_path / "run", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "no weights were loaded" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        ("no_config", "no config.json"),
+        ("pickle_only", "only pickle weights"),
+        ("unsupported", "unsupported architecture"),
+        ("hub_offline", "unknown model id or the hub is unreachable"),
+        ("bad_target", "lora.target_modules"),
+    ],
+)
+def test_bad_model_input_is_exit_code_2_and_leaves_no_run(tmp_path, write_recipe, tiny_model_path, setup, message):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    overrides = {"model": {"name": str(model_dir)}}
+    if setup == "pickle_only":
+        (model_dir / "config.json").write_text((tiny_model_path / "config.json").read_text())
+        (model_dir / "pytorch_model.bin").write_bytes(b"not really")
+    elif setup == "unsupported":
+        (model_dir / "config.json").write_text(json.dumps({"model_type": "no-such-arch"}))
+    elif setup == "hub_offline":
+        overrides = {"model": {"name": "acme/does-not-exist"}}
+    elif setup == "bad_target":
+        overrides = {"model": {"name": "builtin:tiny-llama"}, "lora": {"target_modules": ["w_nonexistent"]}}
+    result = run_cli("train", write_recipe(overrides), "-o", tmp_path / "run", "-q")
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_validate_and_recipes_commands(write_recipe):
+    result = run_cli("validate", write_recipe())
+    assert result.exit_code == 0 and "valid (alpaca data: train 320, validation 40, test 40)" in result.output
+    result = run_cli("validate", write_recipe({"train": {"epochs": -1}}))
+    assert result.exit_code == 2 and "train.epochs" in result.output
+    result = run_cli("recipes")
+    assert result.exit_code == 0 and "quickstart.yaml" in result.output and "llama-3.2-1b-finance" in result.output
+
+
+def test_cli_top_level_imports_no_heavy_library():
+    code = (
+        "import sys, finetune.cli, finetune.config, finetune.data; "
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
+def test_version_flag():
+    result = run_cli("--version")
+    assert result.exit_code == 0 and result.output.startswith("finetune ")

@@ -1,0 +1,102 @@
+from pathlib import Path
+
+import pytest
+
+from finetune.config import Recipe, load_recipe, shipped_recipes_dir
+from finetune.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_filled(write_recipe):
+    recipe = load_recipe(write_recipe())
+    assert recipe.quant.method == "nf4" and recipe.quant.double_quant
+    assert recipe.lora.target_modules == "all-linear"
+    assert recipe.early_stopping.enabled and recipe.early_stopping.patience == 3
+    assert recipe.data.split.validation == 0.1 and recipe.data.split.test == 0.1
+    assert recipe.data.completion_only_loss is True
+
+
+def test_unknown_key_names_line_and_suggests(write_recipe):
+    text = "model:\n  name: builtin:tiny-llama\ndata:\n  path: x.jsonl\ntrain:\n  epochs: 1\n  lerning_rate: 0.1\n"
+    with pytest.raises(UserError) as err:
+        load_recipe(write_recipe(text=text))
+    message = str(err.value)
+    assert "recipe.yaml:7" in message
+    assert "train.lerning_rate" in message and "did you mean 'learning_rate'" in message
+
+
+def test_unknown_section_suggests(write_recipe):
+    text = "model:\n  name: m\ndata:\n  path: x.jsonl\nearly_stoping:\n  patience: 2\n"
+    with pytest.raises(UserError, match="did you mean 'early_stopping'"):
+        load_recipe(write_recipe(text=text))
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"train": {"learning_rate": -1}}, "train.learning_rate"),
+        ({"train": {"epochs": 0}}, "train.epochs"),
+        ({"train": {"micro_batch_size": "four"}}, "train.micro_batch_size"),
+        ({"lora": {"r": 0}}, "lora.r"),
+        ({"data": {"split": {"validation": 0.6, "test": 0.5}}}, "validation + test must be below 1"),
+        ({"data": {"max_length": -5}}, "data.max_length"),
+        ({"quant": {"method": "int3"}}, "quant.method"),
+        ({"train": {"optimizer": "adam"}}, "train.optimizer"),
+        ({"train": {"eval_steps": 0}}, "train.eval_steps"),
+    ],
+)
+def test_bad_values_are_one_line_errors(write_recipe, overrides, fragment):
+    with pytest.raises(UserError) as err:
+        load_recipe(write_recipe(overrides))
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_quant_shorthand(write_recipe):
+    recipe = load_recipe(write_recipe({"quant": "none"}))
+    assert recipe.quant.method == "none"
+
+
+def test_overrides_are_typed_and_validated(write_recipe):
+    path = write_recipe()
+    recipe = load_recipe(path, ["train.learning_rate=1e-4", "lora.target_modules=[q_proj, v_proj]", "quant=none"])
+    assert recipe.train.learning_rate == pytest.approx(1e-4)
+    assert recipe.lora.target_modules == ["q_proj", "v_proj"]
+    assert recipe.quant.method == "none"
+    with pytest.raises(UserError, match="did you mean 'epochs'"):
+        load_recipe(path, ["train.epoch=2"])
+    with pytest.raises(UserError, match="expected key.path=value"):
+        load_recipe(path, ["train.epochs"])
+
+
+def test_relative_data_paths_follow_the_recipe(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "rows.jsonl").write_text('{"text": "a"}\n')
+    recipe_path = tmp_path / "sub" / "r.yaml"
+    recipe_path.write_text("model: {name: builtin:tiny-llama}\ndata: {path: rows.jsonl}\n")
+    assert load_recipe(recipe_path).data.path == str(tmp_path / "sub" / "rows.jsonl")
+
+
+def test_missing_and_malformed_recipe(tmp_path, write_recipe):
+    with pytest.raises(UserError, match="recipe not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(UserError, match="recipe.yaml:3: mapping values are not allowed"):
+        load_recipe(write_recipe(text="model:\n  name: a\n    b: c\n"))
+    with pytest.raises(UserError, match="missing required key 'model'"):
+        load_recipe(write_recipe(text="data: {path: x.jsonl}\n"))
+
+
+def test_fingerprint_ignores_output_dir(write_recipe):
+    a = load_recipe(write_recipe())
+    b = load_recipe(write_recipe(), ["output.dir=elsewhere"])
+    c = load_recipe(write_recipe(), ["train.seed=1"])
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+@pytest.mark.parametrize("path", sorted(shipped_recipes_dir().glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_loads(path):
+    recipe = load_recipe(path)
+    assert isinstance(recipe, Recipe)
+    assert recipe.description, "finetune recipes shows the description"
+    assert path.read_text().startswith("# finetune train recipes/"), "recipes start with the command to run"
