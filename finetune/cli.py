@@ -168,6 +168,83 @@ def recipes(debug: Debug = False) -> None:
         typer.echo(f"recipes/{path.name:<{width}}  {description}")
 
 
+@app.command("vram-estimate")
+@handle_errors
+def vram_estimate(
+    recipe: Annotated[Path | None, typer.Argument(help="Recipe YAML (optional): estimate exactly this run.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Hub id, local directory or builtin:tiny-llama.")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="full | lora | qlora")] = None,
+    lora_r: Annotated[int | None, typer.Option("--lora-r", help="LoRA rank.")] = None,
+    lora_targets: Annotated[str | None, typer.Option("--lora-targets", help="all-linear or q_proj,v_proj,...")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Micro-batch size per GPU.")] = None,
+    seq_len: Annotated[int | None, typer.Option("--seq-len", help="Tokens per sequence (data.max_length).")] = None,
+    gradient_checkpointing: Annotated[
+        bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations.")
+    ] = None,
+    optimizer: Annotated[str | None, typer.Option("--optimizer", help="adamw_torch | adamw_8bit | paged_adamw_8bit | sgd")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="Compute dtype: bf16 | fp16 | fp32.")] = None,
+    loss_impl: Annotated[str | None, typer.Option("--loss-impl", help="fused (TRL, this tool) | full (materialised logits).")] = None,
+    gpu: Annotated[str | None, typer.Option("--gpu", help="Only this GPU, e.g. T4, A100 80GB.")] = None,
+    gpu_memory: Annotated[float | None, typer.Option("--gpu-memory", help="Usable GiB of your GPU.")] = None,
+    measure: Annotated[bool, typer.Option("--measure", help="Also run real steps on the GPU and compare (CUDA only).")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    set_: Overrides = None,
+    debug: Debug = False,
+) -> None:
+    """Estimate the peak GPU memory of a training run, before the run, and say which GPUs it fits.
+
+    Example: finetune vram-estimate --model meta-llama/Llama-3.2-1B --batch-size 4 --seq-len 2048 --gpu T4
+    """
+    import dataclasses
+    import json
+
+    from finetune import vram
+    from finetune.architectures import load_spec
+
+    setup, model_id = vram.TrainingSetup(), model
+    if recipe is not None:
+        from finetune.config import load_recipe
+
+        loaded = load_recipe(recipe, set_ or [])
+        setup, model_id = vram.setup_from_recipe(loaded), model or loaded.model.name
+    if model_id is None:
+        raise UserError("vram-estimate needs a RECIPE or --model (a hub id, local directory or builtin:tiny-llama)")
+    flags = {
+        "method": method, "lora_r": lora_r, "micro_batch_size": batch_size, "seq_len": seq_len,
+        "gradient_checkpointing": gradient_checkpointing, "optimizer": optimizer, "dtype": dtype, "loss_impl": loss_impl,
+        "lora_targets": tuple(t.strip() for t in lora_targets.split(",")) if lora_targets and lora_targets != "all-linear"
+        else lora_targets,
+    }  # fmt: skip
+    setup = dataclasses.replace(setup, **{k: v for k, v in flags.items() if v is not None}).validate()
+    spec = load_spec(model_id)
+    result = vram.estimate(spec, setup, model=model_id)
+    gpus = select_gpus(gpu, gpu_memory)
+    if measure:
+        raise UserError("--measure runs real training steps and needs a CUDA GPU; none is visible here")
+    if json_output:
+        typer.echo(json.dumps(result.to_json(gpus)))
+        return
+    vram.render_table(result, out, gpus)
+    for name, gib in (gpus if (gpu or gpu_memory) else dict(list(vram.GPUS.items())[:1])).items():
+        for tip in vram.advise(spec, setup, int(gib * vram.GiB)):
+            out.print(f"[yellow]to fit {name}:[/] {tip}")
+
+
+def select_gpus(name: str | None, memory_gib: float | None) -> dict[str, float]:
+    from finetune.vram import GPUS
+
+    if memory_gib is not None:
+        if memory_gib <= 0:
+            raise UserError(f"--gpu-memory must be positive (got {memory_gib})")
+        return {name or "your GPU": memory_gib}
+    if name is None:
+        return dict(GPUS)
+    chosen = {k: v for k, v in GPUS.items() if name.lower().replace(" ", "") in k.lower().replace(" ", "")}
+    if not chosen:
+        raise UserError(f"--gpu {name!r}: unknown GPU; use one of {', '.join(GPUS)} or give --gpu-memory GIB")
+    return chosen
+
+
 # --------------------------------------------------------------------------------------------
 # Output
 

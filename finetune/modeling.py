@@ -47,6 +47,10 @@ def check_architecture(model: ModelSection) -> None:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    from finetune.hub import go_offline_if_unreachable
+
+    if not Path(model.name).exists():
+        go_offline_if_unreachable()
     if model.trust_remote_code:
         log.warning("trust_remote_code is on: Python code from '%s' will run on this machine", model.name)
     try:

@@ -104,8 +104,13 @@ def load_model(path: Path, method: str, gc_on: bool):
             bnb_4bit_compute_dtype=torch.bfloat16,
         )  # fmt: skip
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model.config.use_cache = False
+    ckpt = {"use_reentrant": False}  # as finetune.modeling.attach_lora
     if method == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc_on)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc_on, gradient_checkpointing_kwargs=ckpt)
+    elif gc_on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt)
+        model.enable_input_require_grads()
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
 
@@ -125,7 +130,7 @@ def run_cell(cell: dict, path: Path, tokenizer, workdir: Path) -> dict:
     data = Dataset.from_dict({"input_ids": rows})
     args = SFTConfig(
         output_dir=str(workdir), max_steps=3, per_device_train_batch_size=cell["batch"], gradient_accumulation_steps=1,
-        gradient_checkpointing=cell["gradient_checkpointing"], bf16=True, learning_rate=2e-4, optim="adamw_torch",
+        gradient_checkpointing=cell["gradient_checkpointing"], gradient_checkpointing_kwargs={"use_reentrant": False}, bf16=True, learning_rate=2e-4, optim="adamw_torch",
         logging_steps=1, save_strategy="no", report_to=[], max_length=cell["seq_len"], packing=False,
         dataloader_num_workers=0, seed=0, disable_tqdm=True,
     )  # fmt: skip
