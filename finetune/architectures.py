@@ -315,7 +315,7 @@ def lora_targets(spec: ArchitectureSpec, r: int, target_modules: str | list[str]
         unknown = sorted(wanted - known)
         if unknown or not wanted:
             raise UserError(
-                f"lora target_modules {unknown or names} match no linear layer of this {spec.model_type} model; "
+                f"lora.target_modules: {unknown or names} match no linear layer of this {spec.model_type} model; "
                 f"choose from: all-linear, {', '.join(sorted(known))}"
             )
     targets: list[LoraTarget] = []

@@ -103,6 +103,7 @@ def train(
     set_: Overrides = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty run directory.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, read the data, print the plan; load no weights.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Train even if the VRAM estimate exceeds free GPU memory.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show library warnings and logs.")] = False,
     debug: Debug = False,
@@ -129,7 +130,7 @@ def train(
     quiet_libraries(verbose)
     from finetune.training import train as run_training
 
-    metrics = run_training(loaded, run, console, overwrite=overwrite, progress=not quiet)
+    metrics = run_training(loaded, run, console, overwrite=overwrite, progress=not quiet, force=force)
     print_summary(metrics, run)
 
 
@@ -201,33 +202,62 @@ def vram_estimate(
     from finetune import vram
     from finetune.architectures import load_spec
 
-    setup, model_id = vram.TrainingSetup(), model
+    loaded = None
     if recipe is not None:
         from finetune.config import load_recipe
 
-        loaded = load_recipe(recipe, set_ or [])
-        setup, model_id = vram.setup_from_recipe(loaded), model or loaded.model.name
-    if model_id is None:
-        raise UserError("vram-estimate needs a RECIPE or --model (a hub id, local directory or builtin:tiny-llama)")
-    flags = {
-        "method": method, "lora_r": lora_r, "micro_batch_size": batch_size, "seq_len": seq_len,
-        "gradient_checkpointing": gradient_checkpointing, "optimizer": optimizer, "dtype": dtype, "loss_impl": loss_impl,
-        "lora_targets": tuple(t.strip() for t in lora_targets.split(",")) if lora_targets and lora_targets != "all-linear"
-        else lora_targets,
-    }  # fmt: skip
-    setup = dataclasses.replace(setup, **{k: v for k, v in flags.items() if v is not None}).validate()
+        # Flags that have a recipe key become overrides, so --measure runs exactly what is estimated.
+        as_keys = {
+            "lora.r": lora_r, "train.micro_batch_size": batch_size, "data.max_length": seq_len,
+            "train.gradient_checkpointing": gradient_checkpointing, "train.optimizer": optimizer, "model.dtype": dtype,
+            "model.name": model, "quant.method": {"lora": "none", "qlora": "nf4"}.get(method or ""),
+            "lora.target_modules": f"[{lora_targets}]" if lora_targets and lora_targets != "all-linear" else lora_targets,
+        }  # fmt: skip
+        flags = [f"{key}={value}" for key, value in as_keys.items() if value not in (None, "")]
+        loaded = load_recipe(recipe, [*(set_ or []), *flags])
+        setup, model_id = vram.setup_from_recipe(loaded), loaded.model.name
+        setup = dataclasses.replace(setup, **({"method": method} if method == "full" else {}),
+                                    **({"loss_impl": loss_impl} if loss_impl else {}))  # fmt: skip
+    else:
+        if model is None:
+            raise UserError("vram-estimate needs a RECIPE or --model (a hub id, local directory or builtin:tiny-llama)")
+        flags = {
+            "method": method, "lora_r": lora_r, "micro_batch_size": batch_size, "seq_len": seq_len,
+            "gradient_checkpointing": gradient_checkpointing, "optimizer": optimizer, "dtype": dtype,
+            "loss_impl": loss_impl,
+            "lora_targets": tuple(t.strip() for t in lora_targets.split(","))
+            if lora_targets and lora_targets != "all-linear" else lora_targets,
+        }  # fmt: skip
+        setup = dataclasses.replace(vram.TrainingSetup(), **{k: v for k, v in flags.items() if v is not None})
+        model_id = model
+    setup.validate()
     spec = load_spec(model_id)
     result = vram.estimate(spec, setup, model=model_id)
     gpus = select_gpus(gpu, gpu_memory)
+    comparison = None
     if measure:
-        raise UserError("--measure runs real training steps and needs a CUDA GPU; none is visible here")
+        if loaded is None or setup.method == "full" or setup.loss_impl != "fused":
+            raise UserError("--measure needs a RECIPE and measures this tool's own path (lora/qlora, fused loss)")
+        quiet_libraries(verbose=False)
+        from finetune.vram_measure import compare
+        from finetune.vram_measure import measure as run_measure
+
+        comparison = compare(result, run_measure(loaded))
     if json_output:
-        typer.echo(json.dumps(result.to_json(gpus)))
+        typer.echo(json.dumps({**result.to_json(gpus), **({"measured": comparison} if comparison else {})}))
         return
     vram.render_table(result, out, gpus)
     for name, gib in (gpus if (gpu or gpu_memory) else dict(list(vram.GPUS.items())[:1])).items():
         for tip in vram.advise(spec, setup, int(gib * vram.GiB)):
             out.print(f"[yellow]to fit {name}:[/] {tip}")
+    if comparison:
+        table = Table(title="measured on this GPU")
+        for column in ("", "estimate GiB", "measured GiB", "error %"):
+            table.add_column(column, justify="right" if column else "left")
+        for name, row in comparison.items():
+            table.add_row(name, f"{row['estimate_bytes'] / vram.GiB:.2f}", f"{row['measured_bytes'] / vram.GiB:.2f}",
+                          f"{row['error_pct']:+.1f}")  # fmt: skip
+        out.print(table)
 
 
 def select_gpus(name: str | None, memory_gib: float | None) -> dict[str, float]:

@@ -69,7 +69,37 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def train(recipe: Recipe, run: Path, console: Console, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def preflight(recipe: Recipe, model_path: str, console: Console, force: bool) -> None:
+    """Print the VRAM estimate; on a GPU whose free memory is below it, stop with advice unless --force."""
+    import torch
+
+    from finetune import vram
+    from finetune.architectures import load_spec
+
+    try:
+        spec = load_spec(model_path)
+    except UserError as err:  # an architecture the estimator does not know: train anyway
+        console.print(f"[yellow]note:[/] no VRAM estimate ({err})")
+        return
+    setup = vram.setup_from_recipe(recipe)
+    estimate = vram.estimate(spec, setup, model=recipe.model.name)
+    line = f"VRAM estimate: {estimate.total_bytes / vram.GiB:.2f} GiB on the GPU (peak, as nvidia-smi shows it)"
+    if not torch.cuda.is_available():
+        console.print(f"{line}; no GPU here, training on the CPU")
+        return
+    free, _ = torch.cuda.mem_get_info()
+    console.print(f"{line}; {free / vram.GiB:.2f} GiB free on {torch.cuda.get_device_name()}")
+    if estimate.total_bytes > free and not force:
+        tips = "; ".join(vram.advise(spec, setup, free)[:3])
+        raise UserError(
+            f"the run needs about {estimate.total_bytes / vram.GiB:.1f} GiB but {free / vram.GiB:.1f} GiB are free: "
+            f"{tips} (or pass --force to try anyway)"
+        )
+
+
+def train(
+    recipe: Recipe, run: Path, console: Console, *, overwrite: bool = False, progress: bool = True, force: bool = False
+) -> dict[str, Any]:
     """Fine-tune, keep the best adapter, score the test split, and write the run directory."""
     from transformers import EarlyStoppingCallback, PrinterCallback, set_seed
     from trl import SFTTrainer
@@ -87,6 +117,7 @@ def train(recipe: Recipe, run: Path, console: Console, *, overwrite: bool = Fals
     splits = load_splits(recipe.data)
     plan = make_plan(recipe, splits, world_size())
     model_path = modeling.resolve_model_path(recipe.model)
+    preflight(recipe, model_path, console, force)
     tokenizer = modeling.load_tokenizer(model_path, recipe.model)
     notes = check_special_tokens(tokenizer)
     ensure_chat_template(tokenizer, recipe.data.chat_template)
@@ -126,6 +157,7 @@ def train(recipe: Recipe, run: Path, console: Console, *, overwrite: bool = Fals
     t0 = time.perf_counter()
     trainer.train()
     timings["train_s"] = time.perf_counter() - t0
+    throughput = _throughput(trainer.state.log_history, timings["train_s"], device)
 
     # The trainer has reloaded the best checkpoint (load_best_model_at_end): that is the adapter we keep.
     state = trainer.state
@@ -167,11 +199,24 @@ def train(recipe: Recipe, run: Path, console: Console, *, overwrite: bool = Fals
             "data_hash": splits.data_hash,
             "recipe_hash": recipe.fingerprint(),
             "events": [],
+            "throughput": throughput,
             "timings": {k: round(v, 3) for k, v in timings.items()},
         }
         run_dir.write_json(run / run_dir.METRICS, metrics)  # last: its presence marks a finished run
         return metrics
     return results
+
+
+def _throughput(log_history: list[dict], train_s: float, device) -> dict[str, float]:
+    """Trained tokens per second (TRL's num_tokens counts non-padding tokens) and, on a GPU, peak memory."""
+    import torch
+
+    tokens = max((entry.get("num_tokens", 0) for entry in log_history), default=0)
+    result = {"train_tokens": int(tokens), "tokens_per_s": round(tokens / max(train_s, 1e-9), 1)}
+    if device.type == "cuda":
+        result["peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+        result["peak_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
+    return result
 
 
 def _tokenize(splits: Splits, tokenizer, recipe: Recipe):

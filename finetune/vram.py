@@ -9,6 +9,10 @@ The peak is the larger of two moments of a training step:
   forward/loss: static + activations kept for backward + the loss head's working set (its backward);
   backward:     static + gradients + activations kept + one layer's backward transients
                 (+ with checkpointing, one layer's recomputed activations).
+Loading (weights + the embedding's bf16 and fp32 copies during k-bit preparation) is a floor for tiny runs.
+Measured against 36 real runs on an H200 (scripts/vram_calibrate.py, Llama-3.2-1B / Qwen2.5-0.5B, qlora/lora,
+seq 512/2048, checkpointing on/off, batch 1/4, fused and full loss): peak allocated median |error| 1.5%, between
+-2.0% and +11.4%.
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ from finetune.errors import UserError
 
 GiB = 1024**3
 
-# CUDA context + kernels of torch/cuBLAS/bnb loaded lazily (CUDA_MODULE_LOADING=LAZY, the default since CUDA 11.7):
-# ~500 MiB on recent drivers and H100/A100 (nvidia-smi minus max_memory_reserved for an idle torch process).
-CUDA_CONTEXT_BYTES = 500 * vc.MiB
-# The caching allocator rounds blocks (2 MiB segments for large tensors, 512 B blocks for small) and keeps freed
-# blocks it cannot split for a differently-sized request: reserved is typically 5-15% above allocated in
-# training loops with changing shapes. 1.10 until measured (scripts/vram_calibrate.py).
-FRAGMENTATION = 1.10
+# CUDA context + the kernels torch/cuBLAS/bitsandbytes load (lazily, CUDA_MODULE_LOADING=LAZY): device memory
+# used minus torch.cuda.memory_reserved() after training, measured 750 MiB on an H200 (torch 2.11, CUDA 13.0,
+# scripts/vram_calibrate.py). Older CUDA/GPUs report 300-500 MiB; 750 keeps the fit check on the safe side.
+CUDA_CONTEXT_BYTES = 750 * vc.MiB
+# The caching allocator rounds requests (512 B blocks, 2 MiB segments, large segments rounded to 2 MiB) and keeps
+# freed segments cached for reuse: measured max_memory_reserved = 1.03 x max_memory_allocated + ~128 MiB across
+# the calibration grid (H200, median error ~1.5%).
+FRAGMENTATION = 1.03
+RESERVED_SLACK_BYTES = 128 * vc.MiB
 # cuBLAS workspaces (allocated through torch's allocator since torch 2.2), the optimizer's small tensors, RNG state.
 FRAMEWORK_BYTES = 64 * vc.MiB
 
@@ -203,10 +209,12 @@ def estimate(spec: ArchitectureSpec, setup: TrainingSetup, model: str = "") -> E
     }
     all_layers = spec.dense_layers * per_layer[False] + spec.sparse_layers * per_layer[True]
     biggest_layer = max(per_layer[False] if spec.dense_layers else 0, per_layer[True] if spec.sparse_layers else 0)
-    final_norm = t * spec.hidden_size * residual + t * 4
-    eager_mask = b * s * s * residual if attn == "eager" else 0  # one 4-D float causal mask shared by all layers
+    final_norm = t * spec.hidden_size * 4 + t * 4  # RMSNorm keeps its input upcast to fp32 and the rsqrt
+    # Shared by every layer: RoPE cos/sin [s, d] (in the residual dtype) and autocast's cached compute-dtype copies
+    # of the adapter weights (kept for backward, torch autocast weight cache).
+    shared = 2 * s * spec.head_dim * residual + (sum(x.params for x in targets) * c if targets else 0)
     if setup.gradient_checkpointing:
-        kept = spec.num_layers * t * spec.hidden_size * residual + final_norm + eager_mask
+        kept = spec.num_layers * t * spec.hidden_size * residual + final_norm + shared
         comps["activations"] = vc.Component(
             kept, f"checkpointed layer inputs: {spec.num_layers} x b*s*h in {_dt(residual)} (+ final norm)"
         )
@@ -215,11 +223,12 @@ def estimate(spec: ArchitectureSpec, setup: TrainingSetup, model: str = "") -> E
             recompute, "one layer's activations recomputed during backward (checkpointing)"
         )
     else:
-        kept = all_layers + final_norm + eager_mask
+        kept = all_layers + final_norm + shared
         comps["activations"] = vc.Component(kept, f"kept for backward: {spec.num_layers} layers, {attn} attention")
         recompute = 0
-    layer_bwd = vc.layer_backward_transient(spec, t, dtypes) + _largest_linear(spec) * c
-    comps["backward_transients"] = vc.Component(layer_bwd, "one layer's gradients in flight + a dequantized weight")
+    dequant = _largest_linear(spec) * c if setup.method == "qlora" else 0  # bnb dequantizes one weight at a time
+    layer_bwd = vc.layer_backward_transient(spec, t, dtypes) + dequant
+    comps["backward_transients"] = vc.Component(layer_bwd, "one layer's gradients in flight (+ a dequantized weight)")
 
     # ---- logits and loss
     if setup.loss_impl == "fused":
@@ -240,10 +249,16 @@ def estimate(spec: ArchitectureSpec, setup: TrainingSetup, model: str = "") -> E
     forward_peak = static + kept + loss  # grads of the last step were freed by zero_grad(set_to_none=True)
     backward_peak = static + grads + kept + recompute + layer_bwd
     optimizer_peak = static + grads + (trainable * c if setup.optimizer == "adamw_torch" and targets is None else 0)
-    peak = max(forward_peak, backward_peak, optimizer_peak)
-    reserved = int(peak * FRAGMENTATION)
+    # Loading: prepare_model_for_kbit_training upcasts one tensor at a time, so the largest bf16 tensor (the
+    # embedding) and its fp32 copy coexist once (measured: within 3% of the load peak on an H200).
+    load_peak = weights + params + (spec.embedding_numel() * c if setup.method == "qlora" else 0)
+    peak = max(forward_peak, backward_peak, optimizer_peak, load_peak)
+    reserved = int(peak * FRAGMENTATION) + RESERVED_SLACK_BYTES
+    if setup.loss_impl == "full":
+        # The freed compute-dtype logits block stays cached and cannot serve the fp32 [T, V] buffers (measured).
+        reserved += t * spec.vocab_size * c
     unaccounted = state_bytes if paged else 0
-    comps["allocator_overhead"] = vc.Component(reserved - peak, f"reserved - allocated (fragmentation x{FRAGMENTATION})")
+    comps["allocator_overhead"] = vc.Component(reserved - peak, f"reserved - allocated: cached blocks (x{FRAGMENTATION} + {RESERVED_SLACK_BYTES // vc.MiB} MiB)")
     comps["cuda_context"] = vc.Component(CUDA_CONTEXT_BYTES, "CUDA context and kernels, outside torch's allocator")
     return Estimate(
         model=model,

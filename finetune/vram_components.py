@@ -21,7 +21,7 @@ MiB = 1024**2
 NF4_BLOCKSIZE = 64
 NESTED_BLOCKSIZE = 256
 NF4_CODE_BYTES = 16 * 4  # get_4bit_type(): the 16-entry fp32 code table, one per quantized weight
-NESTED_CODE_BYTES = 256 * 4  # create_dynamic_map(): 256 fp32 entries, cached once in functional.name2qmap
+NESTED_CODE_BYTES = 256 * 4  # create_dynamic_map(): 256 fp32 entries, copied into every nested QuantState (copy=True)
 OFFSET_BYTES = 4  # QuantState.offset: the fp32 mean subtracted from absmax before nesting
 
 # TRL 1.16 trl/trainer/utils.py + trl/kernels/chunked_logprob.py: the fused LM head projects tiles of
@@ -49,13 +49,14 @@ def nf4_bytes(numel: int, double_quant: bool) -> int:
 
     Without double quant: fp32 absmax per 64-element block + the code table.
     With double quant: uint8 absmax per block + fp32 absmax per 256 blocks + the fp32 offset + the code table
-    (the nested 256-entry map is shared by all weights and counted once by the caller).
+    + the nested quantizer's own 256-entry fp32 map (quantize_blockwise stores code.to(device, copy=True)).
     """
     blocks = math.ceil(numel / NF4_BLOCKSIZE)
     data = math.ceil(numel / 2)
     if not double_quant:
         return data + blocks * 4 + NF4_CODE_BYTES
-    return data + blocks + math.ceil(blocks / NESTED_BLOCKSIZE) * 4 + OFFSET_BYTES + NF4_CODE_BYTES
+    nested = math.ceil(blocks / NESTED_BLOCKSIZE) * 4 + OFFSET_BYTES + NESTED_CODE_BYTES
+    return data + blocks + nested + NF4_CODE_BYTES
 
 
 def quantized_weight_bytes(spec: ArchitectureSpec, double_quant: bool) -> int:
@@ -64,7 +65,7 @@ def quantized_weight_bytes(spec: ArchitectureSpec, double_quant: bool) -> int:
     for sparse, layers in ((False, spec.dense_layers), (True, spec.sparse_layers)):
         if layers:
             total += layers * sum(nf4_bytes(lin.in_features * lin.out_features, double_quant) for lin in spec.layer_linears(sparse))
-    return total + (NESTED_CODE_BYTES if double_quant else 0)
+    return total
 
 
 def linear_bias_numel(spec: ArchitectureSpec) -> int:
@@ -175,12 +176,13 @@ def layer_saved(
 ) -> int:
     """Bytes one decoder layer keeps for backward without checkpointing.
 
-    Norms (RMSNorm): the input x (R) and the fp32 rsqrt per token. MLP: act(gate) keeps gate, gate*up keeps both
+    Norms (RMSNorm): hidden.to(fp32) is what pow/mul keep: the residual itself when it is fp32 (QLoRA), a fresh
+    fp32 copy otherwise (T x h x 4 either way), plus the fp32 rsqrt per token. MLP: act(gate) keeps gate, gate*up keeps both
     factors: 3 x T x I x P. LoRA adapters: lora_linear_saved. Full fine-tuning (lora None): each linear keeps its
     input in the compute dtype (q/k/v and gate/up share theirs). MoE: see moe_saved.
     """
     t, h = batch * seq, spec.hidden_size
-    saved = spec.norms_per_layer * (t * h * dtypes.residual + t * 4)
+    saved = spec.norms_per_layer * (t * h * 4 + t * 4)
     saved += attention_saved(spec, batch, seq, dtypes.compute, attn)
     if sparse:
         saved += moe_saved(spec, t, dtypes)
@@ -214,10 +216,14 @@ def moe_saved(spec: ArchitectureSpec, tokens: int, dtypes: ActivationDtypes) -> 
 
 
 def layer_backward_transient(spec: ArchitectureSpec, tokens: int, dtypes: ActivationDtypes) -> int:
-    """Gradients alive while one layer runs backward: the incoming residual grad (fp32 in QLoRA, like R) and the
-    MLP's grads (grad of gate, up and act outputs, 3 x T x I x P), plus one dequantized weight (c)."""
+    """Gradients in flight while one layer runs backward: the incoming residual grad and its norm grad (2 x T x h
+    in fp32) and the MLP's intermediate grads. Read from the code: grad of down_proj's input, of gate/up and of the
+    activation, T x I each, while the layer's saved tensors are freed as backward walks past them. Measured on an
+    H200 (scripts/vram_calibrate.py): the net peak is T x I x 4 bytes in QLoRA (fp32 everywhere) and T x I x 6 in
+    bf16 LoRA (bf16 base grads plus the fp32 grad of peft's cast of the adapter input)."""
     i = spec.intermediate_size if not spec.is_moe else max(spec.moe_intermediate_size, spec.shared_expert_intermediate_size)
-    return 2 * tokens * spec.hidden_size * dtypes.residual + 3 * tokens * i * dtypes.proj
+    per_i = 4 if dtypes.proj == 4 else 3 * dtypes.proj
+    return 2 * tokens * spec.hidden_size * 4 + tokens * i * per_i
 
 
 # ---- logits and loss --------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 """Measure peak GPU memory of real QLoRA/LoRA training steps and set it beside finetune.vram's estimate.
 
     python scripts/vram_calibrate.py --out DIR [--quick] [--dry-run] [--budget-s 270]
+    python scripts/vram_calibrate.py --out DIR --rescore OLD/vram_calibration.json   # new formulas, old measurements
 
 Grid: Llama-3.2-1B and Qwen2.5-0.5B architectures (random weights from the built-in catalogue, no network) x
 qlora/lora x seq_len 512/2048 x gradient checkpointing on/off x micro-batch 1/4. Each cell loads the model the way
@@ -10,7 +11,8 @@ prepare_model_for_kbit_training; peft LoRA all-linear r=16), trains 3 optimizer 
 fused loss) on random token rows of exactly seq_len tokens, and records torch.cuda.max_memory_allocated /
 max_memory_reserved. Cells share one process: between cells every reference is dropped, the cache emptied and
 the peak stats reset, and the allocation left over (should be ~0) is subtracted. Writes DIR/vram_calibration.md
-and DIR/vram_calibration.json. --dry-run prints the grid's estimates without torch/CUDA.
+and DIR/vram_calibration.json. --dry-run prints the grid's estimates without torch/CUDA. Four extra cells run
+transformers' Trainer (the model's own loss over full logits) to check --loss-impl full.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ def grid(quick: bool) -> list[dict]:
         if quick and not (batch == 4 or (seq == 512 and gc_on)):
             continue
         cells.append({"model": model, "method": method, "seq_len": seq, "gradient_checkpointing": gc_on, "batch": batch})
+    for model, batch in itertools.product(MODELS, (1, 4)):  # transformers' own loss: materialised fp32 logits
+        if not quick or batch == 4:
+            cells.append({"model": model, "method": "qlora", "seq_len": 2048, "gradient_checkpointing": True, "batch": batch, "loss_impl": "full"})
     # Cheapest first, so a time cap drops the slowest cells.
     return sorted(cells, key=lambda c: (c["batch"] * c["seq_len"], c["gradient_checkpointing"] is False))
 
@@ -50,7 +55,8 @@ def setup_for(cell: dict) -> TrainingSetup:
     return TrainingSetup(
         method=cell["method"], lora_r=16, lora_targets="all-linear", lora_dropout=0.05,
         micro_batch_size=cell["batch"], seq_len=cell["seq_len"], gradient_checkpointing=cell["gradient_checkpointing"],
-        optimizer="adamw_torch", dtype="bf16", double_quant=True, loss_impl="fused", attn_implementation="sdpa",
+        optimizer="adamw_torch", dtype="bf16", double_quant=True, loss_impl=cell.get("loss_impl", "fused"),
+        attn_implementation="sdpa",
     )  # fmt: skip
 
 
@@ -122,8 +128,11 @@ def run_cell(cell: dict, path: Path, tokenizer, workdir: Path) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     baseline = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
     model = load_model(path, cell["method"], cell["gradient_checkpointing"])
     loaded = torch.cuda.memory_allocated() - baseline
+    load_peak = {"load_peak_allocated": torch.cuda.max_memory_allocated() - baseline,
+                 "load_peak_reserved": torch.cuda.max_memory_reserved(), "reserved_after_load": torch.cuda.memory_reserved()}
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(0)
     rows = torch.randint(3, vocab, (cell["batch"] * 3, cell["seq_len"]), generator=g).tolist()
@@ -140,7 +149,14 @@ def run_cell(cell: dict, path: Path, tokenizer, workdir: Path) -> dict:
         def on_step_end(self, *_, **__):
             steps.append({"allocated": torch.cuda.max_memory_allocated() - baseline, "reserved": torch.cuda.max_memory_reserved()})
 
-    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[PeakPerStep()])
+    if cell.get("loss_impl") == "full":  # plain Trainer: the model's own ForCausalLMLoss over full logits
+        from transformers import DataCollatorForLanguageModeling, Trainer
+
+        args.remove_unused_columns = False
+        trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[PeakPerStep()],
+                          data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))  # fmt: skip
+    else:
+        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[PeakPerStep()])
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     start = time.time()
@@ -156,6 +172,7 @@ def run_cell(cell: dict, path: Path, tokenizer, workdir: Path) -> dict:
         "per_step": steps,
         "train_seconds": round(time.time() - start, 2),
         "baseline_allocated": baseline,
+        **load_peak,
     }
     trainer.accelerator.free_memory()
     del trainer, model
@@ -191,17 +208,17 @@ def markdown(rows: list[dict], header: dict) -> str:
         "",
         "Error = estimate / measured - 1 (positive: the estimate is above the measurement).",
         "",
-        "| model | method | seq | ckpt | batch | est alloc GiB | meas alloc GiB | err % | est reserved GiB | meas reserved GiB | err % | weights err % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | method | loss | seq | ckpt | batch | est alloc GiB | meas alloc GiB | err % | est reserved GiB | meas reserved GiB | err % | weights err % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         meas = "measured_allocated" in r
         lines.append(
-            f"| {r['model'].split('/')[-1]} | {r['method']} | {r['seq_len']} | {'on' if r['gradient_checkpointing'] else 'off'} "
+            f"| {r['model'].split('/')[-1]} | {r['method']} | {r.get('loss_impl', 'fused')} | {r['seq_len']} | {'on' if r['gradient_checkpointing'] else 'off'} "
             f"| {r['batch']} | {r['est_allocated'] / GiB:.2f} | {r['measured_allocated'] / GiB:.2f} | {r['err_allocated_pct']:+.1f} "
             f"| {r['est_reserved'] / GiB:.2f} | {r['measured_reserved'] / GiB:.2f} | {r['err_reserved_pct']:+.1f} | {r['err_loaded_pct']:+.1f} |"
             if meas
-            else f"| {r['model'].split('/')[-1]} | {r['method']} | {r['seq_len']} | {'on' if r['gradient_checkpointing'] else 'off'} "
+            else f"| {r['model'].split('/')[-1]} | {r['method']} | {r.get('loss_impl', 'fused')} | {r['seq_len']} | {'on' if r['gradient_checkpointing'] else 'off'} "
             f"| {r['batch']} | {r['est_allocated'] / GiB:.2f} | - | - | {r['est_reserved'] / GiB:.2f} | - | - | - |"
         )
     errs = [r["err_allocated_pct"] for r in rows if "err_allocated_pct" in r]
@@ -219,6 +236,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--quick", action="store_true", help="a third of the grid (batch 4, plus short checkpointed runs)")
     parser.add_argument("--dry-run", action="store_true", help="print the estimates only; no torch, no GPU")
+    parser.add_argument("--rescore", type=Path, help="re-estimate the measurements of an earlier vram_calibration.json (no GPU)")
     parser.add_argument("--budget-s", type=float, default=270, help="stop starting new cells after this many seconds")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -226,7 +244,14 @@ def main() -> None:
     started = time.time()
     header: dict = {"date": datetime.date.today().isoformat(), "cells": len(cells)}
     rows = []
-    if args.dry_run:
+    if args.rescore:
+        old = json.loads(args.rescore.read_text())
+        header = {**old["header"], "rescored": header["date"]}
+        measured_keys = ("measured_", "device_used_end", "reserved_end", "per_step", "train_seconds", "baseline_", "load_peak", "reserved_after")
+        for r in old["rows"]:
+            cell = {k: r[k] for k in ("model", "method", "seq_len", "gradient_checkpointing", "batch", "loss_impl") if k in r}
+            rows.append(compare(cell, {k: v for k, v in r.items() if k.startswith(measured_keys)}))
+    elif args.dry_run:
         header["mode"] = "dry run (estimates only)"
         for cell in cells:
             rows.append(compare(cell, None))
