@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from finetune.config import Recipe
@@ -20,6 +21,7 @@ STEPS = 3  # optimizer steps: the first allocates the optimizer states, the late
 def measure(recipe: Recipe) -> dict[str, Any]:
     import torch
     from datasets import Dataset
+    from transformers import PrinterCallback
     from trl import SFTTrainer
 
     from finetune import modeling
@@ -45,11 +47,12 @@ def measure(recipe: Recipe) -> dict[str, Any]:
     data = Dataset.from_dict({"input_ids": rows, "labels": rows})
     plan = Plan(len(rows), 0, 0, 1, batch, STEPS, STEPS, STEPS)
     with tempfile.TemporaryDirectory() as scratch:
-        args = sft_config(recipe, plan, __import__("pathlib").Path(scratch), dtype, device)
+        args = sft_config(recipe, plan, Path(scratch), dtype, device)
         args = dataclasses.replace(
             args, eval_strategy="no", save_strategy="no", load_best_model_at_end=False, gradient_accumulation_steps=1
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+        trainer.remove_callback(PrinterCallback)
         torch.cuda.reset_peak_memory_stats()
         trainer.train()
         torch.cuda.synchronize()
