@@ -306,5 +306,7 @@ def print_summary(metrics: dict, run: Path) -> None:
     console.print(table)
 
 
+from finetune import cli_run  # noqa: E402,F401  (registers eval, generate, chat, merge)
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -293,6 +293,15 @@ def load_splits(data: DataSection) -> Splits:
     return splits
 
 
+def load_examples(source: str, data: DataSection) -> tuple[list[Example], str, list[str]]:
+    """One file (or hub id) converted with the recipe's format settings: `finetune eval --data FILE`."""
+    rows = read_rows(source, data)
+    fmt = data.format if data.format != "auto" else detect_format(set(rows[0][1]), data.classification)
+    labels = label_mapping(rows, data.classification) if fmt == "classification" else {}
+    examples = [to_example(location, row, fmt, data, labels) for location, row in rows]
+    return examples, fmt, list(dict.fromkeys(labels.values()))
+
+
 def split_examples(
     examples: list[Example], validation: float, test: float, seed: int
 ) -> tuple[list[Example], list[Example], list[Example]]:

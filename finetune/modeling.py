@@ -126,7 +126,7 @@ def lora_config(lora: LoraSection):
     )
 
 
-def load_base_model(path: str, recipe: Recipe, device, dtype):
+def load_base_model(path: str, recipe: Recipe, device, dtype, for_training: bool = True):
     """The frozen base: 4-bit NF4 through bitsandbytes unless quant.method is none."""
     from transformers import AutoModelForCausalLM
 
@@ -144,7 +144,7 @@ def load_base_model(path: str, recipe: Recipe, device, dtype):
     except ImportError as err:  # e.g. flash_attention_2 requested but not installed
         raise UserError(f"model: {str(err).splitlines()[0]}") from err
     model.config.use_cache = False  # the KV cache is useless in training and costs memory
-    if device.type == "cpu":
+    if device.type == "cpu" and for_training:
         keep_cpu_weights_differentiable(model)
     return model
 

@@ -172,13 +172,17 @@ def train(
         "effective_batch_size": plan.effective_batch,
         "history": loss_history(state.log_history),
     }
-    if stopper is not None:
-        trainer.remove_callback(stopper)  # it would complain that the test metrics have no eval_loss
     if datasets.get("test") is not None:
+        # Scored by the same function as `finetune eval` (token-weighted mean over answer tokens), so
+        # the two report the same number for the same adapter.
+        from finetune.evaluation import lm_loss
+
         t0 = time.perf_counter()
-        test = trainer.evaluate(datasets["test"], metric_key_prefix="test")
-        results["test_loss"] = test["test_loss"]
-        results["test_perplexity"] = math.exp(min(test["test_loss"], 50.0))
+        trainer.model.eval()
+        test = datasets["test"]
+        batch = recipe.train.eval_batch_size or recipe.train.micro_batch_size
+        scored = lm_loss(trainer.model, list(zip(test["input_ids"], test["labels"])), batch)
+        results["test_loss"], results["test_perplexity"] = scored["loss"], scored["perplexity"]
         timings["test_s"] = time.perf_counter() - t0
 
     if is_main:

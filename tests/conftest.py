@@ -40,6 +40,31 @@ def tiny_tokenizer(tiny_model_path):
     return tokenizer
 
 
+def train_run(run: Path, recipe: Path, *overrides: str) -> Path:
+    """`finetune train` through the CLI (in-process); fails the test with its output if it fails."""
+    from typer.testing import CliRunner
+
+    from finetune.cli import app
+
+    args = ["train", str(recipe), "-o", str(run), "-q"] + [f"--set={o}" for o in overrides]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory) -> Path:
+    """The shipped quickstart, trained once per test session."""
+    return train_run(tmp_path_factory.mktemp("runs") / "quick", ROOT / "recipes" / "quickstart.yaml")
+
+
+@pytest.fixture(scope="session")
+def sentiment_run(tmp_path_factory) -> Path:
+    """The classification recipe, one epoch."""
+    recipe = ROOT / "recipes" / "finance-sentiment-classification.yaml"
+    return train_run(tmp_path_factory.mktemp("runs") / "sentiment", recipe, "train.epochs=1")
+
+
 @pytest.fixture
 def write_recipe(tmp_path):
     """Write a recipe dict (deep-merged over a small valid one) to tmp_path/recipe.yaml."""

@@ -18,14 +18,6 @@ def run_cli(*args: str):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def quickstart_run(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("runs") / "quick"
-    result = run_cli("train", ROOT / "recipes" / "quickstart.yaml", "-o", run, "-q")
-    assert result.exit_code == 0, result.output
-    return run
-
-
 def test_quickstart_writes_a_complete_run_directory(quickstart_run):
     run = quickstart_run
     files = {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and "checkpoints" not in p.parts}

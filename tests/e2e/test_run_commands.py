@@ -1,0 +1,143 @@
+"""eval, generate, chat and merge on runs trained by the real CLI (tiny model, CPU)."""
+
+import io
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from finetune.cli import app
+from tests.conftest import ROOT, train_run, write_jsonl
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_eval_lm_reproduces_the_training_test_score_and_beats_the_base(quickstart_run, tmp_path):
+    out = tmp_path / "eval"
+    result = invoke("eval", quickstart_run, "--compare-base", "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)  # exactly one JSON object on stdout
+    metrics = json.loads((quickstart_run / "metrics.json").read_text())
+    assert data["task"] == "lm" and data["examples"] == 40
+    # CPU inference runs bitsandbytes' bf16 kernel, training the dequantized fp32 path: equal to ~1e-4
+    assert data["finetuned"]["loss"] == pytest.approx(metrics["test_loss"], rel=1e-3)
+    assert data["base"]["loss"] > data["finetuned"]["loss"] + 0.5
+    assert json.loads((out / "metrics.json").read_text()) == data
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 40 and all(row["input"] for row in rows)
+
+
+def test_eval_classification_by_ranking_writes_metrics_and_confusion(sentiment_run):
+    result = invoke("eval", sentiment_run, "--compare-base")
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.output and "confusion matrix" in result.output
+    data = json.loads((sentiment_run / "eval" / "metrics.json").read_text())
+    m = data["finetuned"]
+    assert data["task"] == "classification" and data["method"] == "rank"
+    assert m["labels"] == ["positive", "negative", "neutral"]
+    assert sum(map(sum, m["confusion_matrix"])) == data["examples"] == 24
+    assert 0.0 <= m["accuracy"] <= 1.0 and "base" in data
+    rows = [json.loads(line) for line in (sentiment_run / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert all(set(row["scores"]) == {"positive", "negative", "neutral"} for row in rows)
+    assert all(row["prediction"] == max(row["scores"], key=row["scores"].get) for row in rows)
+    assert (sentiment_run / "eval" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_classification_by_generation(sentiment_run, tmp_path):
+    result = invoke("eval", sentiment_run, "--method", "generate", "--limit", "6", "-o", tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["examples"] == 6 and data["method"] == "generate"
+
+
+def test_eval_of_another_file_with_explicit_labels(quickstart_run, tmp_path):
+    rows = [{"text": f"Stock {i} {'soars' if i % 2 else 'slumps'}", "label": "up" if i % 2 else "down"} for i in range(6)]
+    data_file = write_jsonl(tmp_path / "cls.jsonl", rows)
+    result = invoke("eval", quickstart_run, "--data", data_file, "--task", "classification", "--labels", "up,down",
+                    "-o", tmp_path / "e", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["finetuned"]["labels"] == ["up", "down"]
+
+
+def test_eval_bad_input(quickstart_run, sentiment_run, tmp_path, write_recipe):
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "recipe.yaml").write_text("x: 1")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    no_test = train_run(tmp_path / "no_test", write_recipe({"data": {"split": {"test": 0.0}}, "train": {"max_steps": 2}}))
+    cases = [
+        (["eval", unfinished], "not a finished run"),
+        (["eval", tmp_path / "missing"], "no such run directory"),
+        (["eval", sentiment_run, "--labels", "positive,negative"], "is not in the label set"),
+        (["eval", no_test], "has no test split"),
+        (["eval", quickstart_run, "--data", empty], "no rows; the file is empty"),
+        (["eval", quickstart_run, "--limit", "0"], "--limit must be positive"),
+    ]
+    for args, message in cases:
+        result = invoke(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output and "Traceback" not in result.output
+
+
+def test_generate_streams_with_the_training_template(quickstart_run):
+    from finetune.generation import prompt_ids
+    from finetune.inference import load_model, open_run
+    from finetune.tokenization import encode
+    from finetune.data import Example
+
+    result = invoke("generate", quickstart_run, "What is a bond?", "--max-new-tokens", "12")
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout) > 0
+
+    model, tokenizer = load_model(open_run(quickstart_run))
+    messages = [{"role": "user", "content": "What is a bond?"}]
+    trained = encode(Example(messages=messages + [{"role": "assistant", "content": "A loan."}]), tokenizer, 512, True)
+    prompt = prompt_ids(tokenizer, messages)
+    assert trained.input_ids[: len(prompt)] == prompt and trained.labels[len(prompt) - 1] == -100
+
+
+def test_chat_loop_keeps_history_resets_and_exits(quickstart_run):
+    from finetune.generation import chat_loop, trim_history
+    from finetune.inference import load_model, open_run
+
+    model, tokenizer = load_model(open_run(quickstart_run))
+    lines = iter(["hello", "/reset", "hi again", "/exit", "never read"])
+    stream = io.StringIO()
+    chat_loop(model, tokenizer, read=lambda _: next(lines), stream=stream, system=None, max_new_tokens=4,
+              temperature=0.0, context_length=256)  # fmt: skip
+    text = stream.getvalue()
+    assert text.count("model> ") == 2 and "(conversation cleared)" in text
+    assert next(lines) == "never read"
+
+    long = [{"role": "system", "content": "S"}] + [
+        {"role": role, "content": "x" * 40} for _ in range(6) for role in ("user", "assistant")
+    ] + [{"role": "user", "content": "last"}]
+    kept = trim_history(tokenizer, long, budget=150)
+    assert kept[0]["role"] == "system" and kept[-1]["content"] == "last" and len(kept) < len(long)
+
+
+def test_merge_equals_base_plus_adapter(quickstart_run, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "merged"
+    result = invoke("merge", quickstart_run, "-o", out, "--dtype", "fp32")
+    assert result.exit_code == 0, result.output
+    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= {p.name for p in out.iterdir()}
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    base_path = json.loads((quickstart_run / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), quickstart_run / "adapter")
+    ids = torch.randint(5, 250, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        difference = (merged(ids).logits - reference(ids).logits).abs().max().item()
+    assert difference < 1e-4  # fp32: merging W + BA*scale only reorders the same float operations
+    assert AutoTokenizer.from_pretrained(out).chat_template == AutoTokenizer.from_pretrained(quickstart_run / "adapter").chat_template
+
+    again = invoke("merge", quickstart_run, "-o", out)
+    assert again.exit_code == 2 and "--overwrite" in again.output
