@@ -102,6 +102,10 @@ def train(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Run directory (default: output.dir).")] = None,
     set_: Overrides = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty run directory.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's newest complete checkpoint.")] = False,
+    allow_pickle: Annotated[
+        bool, typer.Option("--allow-pickle", help="Allow .bin/.pt weights (pickle can run code when loaded).")
+    ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, read the data, print the plan; load no weights.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Train even if the VRAM estimate exceeds free GPU memory.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
@@ -116,7 +120,9 @@ def train(
     from finetune.data import load_splits
     from finetune.training import make_plan, warnings_for
 
-    loaded = load_recipe(recipe, set_ or [])
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; choose one")
+    loaded = load_recipe(recipe, [*(set_ or []), *(["model.allow_pickle=true"] if allow_pickle else [])])
     run = output or Path(loaded.output.dir or f"runs/{recipe.stem}")
     loaded.output.dir = str(run)
     splits = load_splits(loaded.data)
@@ -128,9 +134,15 @@ def train(
         console.print("[green]dry run:[/] recipe and data are valid; no weights were loaded")
         return
     quiet_libraries(verbose)
+    from finetune.training import Stopped
     from finetune.training import train as run_training
 
-    metrics = run_training(loaded, run, console, overwrite=overwrite, progress=not quiet, force=force)
+    try:
+        metrics = run_training(loaded, run, console, overwrite=overwrite, resume=resume, progress=not quiet, force=force)
+    except Stopped as stop:
+        hint = f"; resume with: finetune train {recipe} -o {run} --resume" if stop.resumable else ""
+        typer.echo(f"stopped: {stop}{hint}", err=True)
+        raise typer.Exit(stop.exit_code) from None
     print_summary(metrics, run)
 
 
@@ -301,12 +313,15 @@ def print_summary(metrics: dict, run: Path) -> None:
     table.add_row("best validation loss", f"{metrics['best_eval_loss']:.4f} at step {metrics['best_step']}")
     if "test_loss" in metrics:
         table.add_row("test loss / perplexity", f"{metrics['test_loss']:.4f} / {metrics['test_perplexity']:.2f}")
+    for event in metrics.get("events", []):
+        details = ", ".join(f"{k} {v}" for k, v in event.items() if k not in ("type", "step"))
+        table.add_row(f"{event['type']} at step {event['step']}", details)
     table.add_row("time", f"{metrics['timings']['total_s']:.1f} s")
     table.add_row("adapter", str(run / "adapter"))
     console.print(table)
 
 
-from finetune import cli_run  # noqa: E402,F401  (registers eval, generate, chat, merge)
+from finetune import cli_data, cli_doctor, cli_run  # noqa: E402,F401  (register data inspect, doctor, eval, generate, chat, merge)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

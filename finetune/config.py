@@ -29,6 +29,7 @@ class ModelSection(Section):
     name: str = Field(description="Hub id (meta-llama/Llama-3.2-1B), local directory, or builtin:tiny-llama.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
     trust_remote_code: bool = Field(False, description="Run Python code shipped with the model. Off: it executes.")
+    allow_pickle: bool = Field(False, description="Load .bin/.pt weights (pickle can run code); --allow-pickle.")
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="Compute dtype: auto = bf16 on GPUs that support it, else fp16; fp32 on CPU."
     )
@@ -166,6 +167,15 @@ class EarlyStoppingSection(Section):
     min_delta: float = Field(0.0, ge=0, description="Smallest drop in validation loss that counts as improvement.")
 
 
+class SpikeGuardSection(Section):
+    enabled: bool = Field(True, description="Skip updates whose loss or gradient is non-finite or spikes.")
+    factor: float = Field(4.0, gt=1, description="A step loss above factor x the running median is a spike.")
+    window: int = Field(50, gt=0, description="Steps in the running median and in the spike count.")
+    max_spikes: int = Field(3, gt=0, description="Spikes within `window` steps that trigger a rollback.")
+    lr_factor: float = Field(0.5, gt=0, lt=1, description="Learning rate multiplier applied at each rollback.")
+    max_rollbacks: int = Field(2, ge=0, description="Rollbacks before the run stops as diverged.")
+
+
 class OutputSection(Section):
     dir: str | None = Field(None, description="Run directory (relative to the working directory); default runs/<recipe>.")
     save_total_limit: int = Field(2, gt=0, description="Checkpoints kept besides the best one.")
@@ -180,6 +190,7 @@ class Recipe(Section):
     data: DataSection
     train: TrainSection = Field(default_factory=TrainSection)
     early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection)
+    spike_guard: SpikeGuardSection = Field(default_factory=SpikeGuardSection)
     output: OutputSection = Field(default_factory=OutputSection)
     description: str | None = Field(None, description="One line shown by `finetune recipes`.")
 

@@ -210,6 +210,9 @@ def _add_tokenizer(writer: Any, model_dir: Path, vocab_size: int) -> None:
     writer.add_token_types(types)
     special = gguf.SpecialVocab(model_dir, load_merges=bool(model.get("merges")) and not spm, n_vocab=vocab_size)
     special.add_to_gguf(writer, quiet=True)  # merges, bos/eos/unk/pad ids, add_bos, chat template
+    jinja = model_dir / "chat_template.jinja"  # where transformers 5 saves it; gguf 0.17 reads only the json
+    if special.chat_template is None and jinja.is_file():
+        writer.add_chat_template(jinja.read_text(encoding="utf-8"))
     if not spm and not special.merges:
         writer.add_key_value(gguf.Keys.Tokenizer.MERGES, [], gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING)
 

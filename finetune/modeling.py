@@ -31,10 +31,10 @@ def resolve_model_path(model: ModelSection) -> str:
         if not (path / "config.json").is_file():
             raise UserError(f"{path}: no config.json; this is not a transformers model directory")
         weights = {p.suffix for p in path.glob("*") if p.suffix in {".safetensors", ".bin", ".pt", ".pth"}}
-        if weights and ".safetensors" not in weights:
+        if weights and ".safetensors" not in weights and not model.allow_pickle:
             raise UserError(
                 f"{path}: only pickle weights ({', '.join(sorted(weights))}); pickle can run arbitrary code when "
-                "loaded, so convert the checkpoint to safetensors first"
+                "loaded: convert the checkpoint to safetensors, or pass --allow-pickle if you trust its source"
             )
     elif model.name.startswith((".", "/", "~")) or model.name.count("/") > 1:
         raise UserError(f"{model.name}: model directory not found (paths are relative to the recipe file)")
@@ -139,7 +139,7 @@ def load_base_model(path: str, recipe: Recipe, device, dtype, for_training: bool
             device_map={"": device},
             attn_implementation=recipe.model.attn_implementation,
             trust_remote_code=recipe.model.trust_remote_code,
-            use_safetensors=True,  # never unpickle weights
+            use_safetensors=None if recipe.model.allow_pickle else True,  # never unpickle unless allowed
         )
     except ImportError as err:  # e.g. flash_attention_2 requested but not installed
         raise UserError(f"model: {str(err).splitlines()[0]}") from err

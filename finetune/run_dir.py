@@ -32,7 +32,10 @@ def prepare(run: Path, overwrite: bool) -> None:
         raise UserError(f"{run}: output path exists and is a file; choose another -o/--output")
     if run.is_dir() and any(run.iterdir()):
         if not overwrite:
-            raise UserError(f"{run}: output directory is not empty; pass --overwrite to replace it or choose another -o")
+            raise UserError(
+                f"{run}: output directory is not empty; pass --resume to continue its run, --overwrite to replace "
+                "it, or choose another -o"
+            )
         for child in run.iterdir():
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     try:

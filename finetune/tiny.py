@@ -77,7 +77,8 @@ def build_tiny_llama(directory: Path) -> None:
         # std 0.1 instead of Llama's 0.02: random features rich enough that LoRA visibly learns
         initializer_range=0.1,
     )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
+    with torch.random.fork_rng(devices=[]):  # seed 0 for the weights without touching the caller's RNG
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
     model.save_pretrained(directory)  # safetensors
     tokenizer.save_pretrained(directory)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -98,14 +99,22 @@ def preflight(recipe: Recipe, model_path: str, console: Console, force: bool) ->
 
 
 def train(
-    recipe: Recipe, run: Path, console: Console, *, overwrite: bool = False, progress: bool = True, force: bool = False
+    recipe: Recipe,
+    run: Path,
+    console: Console,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune, keep the best adapter, score the test split, and write the run directory."""
     from transformers import EarlyStoppingCallback, PrinterCallback, set_seed
-    from trl import SFTTrainer
 
     from finetune import modeling
-    from finetune.callbacks import RichProgress, loss_history
+    from finetune.callbacks import RichProgress
+    from finetune.checkpoints import MarkComplete, StopOnSignal, check_resumable
+    from finetune.spike_guard import SpikeGuard
     from finetune.tokenization import check_special_tokens, ensure_chat_template
 
     started = time.perf_counter()
@@ -126,21 +135,31 @@ def train(
     for note in notes + warnings_for(recipe) + _report_notes(reports, recipe.data.max_length):
         console.print(f"[yellow]note:[/] {note}")
 
+    # Run directory: a fresh one, or the checkpoint of this very recipe and data when resuming.
+    fingerprint = {"recipe_hash": recipe.fingerprint(), "data_hash": splits.data_hash}
+    events: list[dict[str, Any]] = []
+    checkpoint = None
+    if resume:
+        checkpoint = check_resumable(run, fingerprint)
+        events += json.loads((checkpoint / "finetune-complete.json").read_text()).get("events", [])
+        events.append({"type": "resume", "step": int(checkpoint.name.rsplit("-", 1)[1]), "checkpoint": checkpoint.name})
     is_main = int(os.environ.get("RANK", "0")) == 0
-    if is_main:
+    if is_main and not resume:
         run_dir.prepare(run, overwrite)
+    if is_main:
         run_dir.write_recipe(run, recipe.resolved_dict())
 
     # Model: the frozen base (4-bit unless quant.method is none) with LoRA adapters.
     t0 = time.perf_counter()
     device = modeling.device_for_this_process()
     dtype = modeling.compute_dtype(recipe.model.dtype, device)
+    set_seed(recipe.train.seed)  # right before the adapter's random init: nothing earlier can shift it
     model = modeling.load_for_training(model_path, recipe, device, dtype)
     trainable, total = model.get_nb_trainable_parameters()
     timings["model_load_s"] = time.perf_counter() - t0
 
     # Trainer: evaluation and checkpoints share one interval, so the best checkpoint always exists.
-    trainer = SFTTrainer(
+    trainer = _trainer_class()(
         model=model,
         args=sft_config(recipe, plan, run, dtype, device),
         train_dataset=datasets["train"],
@@ -152,26 +171,39 @@ def train(
     if recipe.early_stopping.enabled:
         stopper = EarlyStoppingCallback(recipe.early_stopping.patience, recipe.early_stopping.min_delta)
         trainer.add_callback(stopper)
+    if recipe.spike_guard.enabled:
+        trainer.spike_guard = SpikeGuard(recipe.spike_guard, events)
+        trainer.add_callback(trainer.spike_guard)
+    trainer.add_callback(MarkComplete(fingerprint, events))
+    signals = StopOnSignal()
+    trainer.add_callback(signals)
     trainer.add_callback(RichProgress(console, enabled=progress))
 
     t0 = time.perf_counter()
-    trainer.train()
+    signals.install()
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        signals.uninstall()
     timings["train_s"] = time.perf_counter() - t0
-    throughput = _throughput(trainer.state.log_history, timings["train_s"], device)
 
-    # The trainer has reloaded the best checkpoint (load_best_model_at_end): that is the adapter we keep.
-    state = trainer.state
-    results: dict[str, Any] = {
-        "global_step": state.global_step,
-        "epochs_completed": round(float(state.epoch or 0), 4),
-        "best_step": state.best_global_step,
-        "best_eval_loss": state.best_metric,
-        "stopped_early": bool(stopper and stopper.early_stopping_patience_counter >= recipe.early_stopping.patience),
-        "planned_steps": plan.total_steps,
-        "eval_steps": plan.eval_steps,
-        "effective_batch_size": plan.effective_batch,
-        "history": loss_history(state.log_history),
-    }
+    results = _results(trainer, plan, stopper, recipe, events)
+    results["throughput"] = _throughput(trainer.state.log_history, timings["train_s"], device)
+    guard = trainer.spike_guard
+    if signals.received is not None or (guard is not None and guard.diverged):
+        # Stopped before the end: the last checkpoint and the partial metrics are on disk; no adapter
+        # is written, so nothing looks finished.
+        if is_main:
+            run_dir.write_json(run / "metrics.partial.json", {**results, **fingerprint})
+        if signals.received is not None:
+            events.append({"type": "interrupted", "step": trainer.state.global_step, "signal": signals.received})
+            raise Stopped(signals.exit_code, f"interrupted at step {trainer.state.global_step}; checkpoint saved", resumable=True)
+        raise Stopped(
+            1,
+            f"training diverged: loss spikes persisted after {guard.rollbacks} rollbacks with lower learning rates "
+            f"(see {run / 'metrics.partial.json'} events); lower train.learning_rate or check the data",
+        )
+
     if datasets.get("test") is not None:
         # Scored by the same function as `finetune eval` (token-weighted mean over answer tokens), so
         # the two report the same number for the same adapter.
@@ -186,6 +218,7 @@ def train(
         timings["test_s"] = time.perf_counter() - t0
 
     if is_main:
+        # The trainer has reloaded the best checkpoint (load_best_model_at_end): that is the adapter we keep.
         run_dir.save_adapter(run, trainer.model, tokenizer)
         run_dir.plot_loss(results["history"], results["best_step"], run / "loss.png")
         timings["total_s"] = time.perf_counter() - started
@@ -200,15 +233,56 @@ def train(
             "device": str(device),
             "compute_dtype": str(dtype).removeprefix("torch."),
             "versions": package_versions(),
-            "data_hash": splits.data_hash,
-            "recipe_hash": recipe.fingerprint(),
-            "events": [],
-            "throughput": throughput,
+            **fingerprint,
             "timings": {k: round(v, 3) for k, v in timings.items()},
         }
+        (run / "metrics.partial.json").unlink(missing_ok=True)
         run_dir.write_json(run / run_dir.METRICS, metrics)  # last: its presence marks a finished run
         return metrics
     return results
+
+
+class Stopped(Exception):
+    """Training ended early on purpose (signal, divergence): an exit code and one line for the user."""
+
+    def __init__(self, exit_code: int, message: str, resumable: bool = False):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.resumable = resumable
+
+
+def _trainer_class():
+    """SFTTrainer, reporting each micro-batch loss to the spike guard (the only thing it cannot see)."""
+    from trl import SFTTrainer
+
+    class FinetuneTrainer(SFTTrainer):
+        spike_guard = None
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if self.spike_guard is not None:
+                self.spike_guard.observe_loss(loss)
+            return loss
+
+    return FinetuneTrainer
+
+
+def _results(trainer, plan: Plan, stopper, recipe: Recipe, events: list[dict[str, Any]]) -> dict[str, Any]:
+    from finetune.callbacks import loss_history
+
+    state = trainer.state
+    return {
+        "global_step": state.global_step,
+        "epochs_completed": round(float(state.epoch or 0), 4),
+        "best_step": state.best_global_step,
+        "best_eval_loss": state.best_metric,
+        "stopped_early": bool(stopper and stopper.early_stopping_patience_counter >= recipe.early_stopping.patience),
+        "planned_steps": plan.total_steps,
+        "eval_steps": plan.eval_steps,
+        "effective_batch_size": plan.effective_batch,
+        "history": loss_history(state.log_history),
+        "events": events,
+    }
 
 
 def _throughput(log_history: list[dict], train_s: float, device) -> dict[str, float]:
