@@ -132,6 +132,7 @@ def train(
     ensure_chat_template(tokenizer, recipe.data.chat_template)
     datasets, reports = _tokenize(splits, tokenizer, recipe)
     timings["data_s"] = time.perf_counter() - started
+    notes += _leak_notes(splits)
     for note in notes + warnings_for(recipe) + _report_notes(reports, recipe.data.max_length):
         console.print(f"[yellow]note:[/] {note}")
 
@@ -317,6 +318,21 @@ def _tokenize(splits: Splits, tokenizer, recipe: Recipe):
         out[name] = hf_datasets.Dataset.from_dict(columns)
         reports[name] = report
     return out, reports
+
+
+def _leak_notes(splits: Splits) -> list[str]:
+    """Exact duplicates (case and whitespace normalised) of training rows in the held-out splits."""
+    from finetune.data_leakage import exact_leaks
+
+    notes = []
+    for name in ("validation", "test"):
+        leaked = exact_leaks(splits.train, getattr(splits, name))
+        if leaked:
+            notes.append(
+                f"{leaked} {name} examples also occur in the training split, so the {name} score is optimistic; "
+                "see `finetune data inspect RECIPE`"
+            )
+    return notes
 
 
 def _report_notes(reports, max_length: int) -> list[str]:

@@ -1,0 +1,117 @@
+"""Bad input, as a table: each case exits 2 with one `error:` line naming the place, no traceback,
+and leaves no run directory that looks finished."""
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from finetune.cli import app
+from tests.conftest import ROOT, write_jsonl
+
+QA = {"instruction": "What is a bond?", "input": "", "output": "A loan to an issuer."}
+
+
+def rows(n=20, **change):
+    return [{**QA, "instruction": f"Q{i}?", **change} for i in range(n)]
+
+
+def base_recipe(data_path) -> dict:
+    return {
+        "model": {"name": "builtin:tiny-llama"},
+        "lora": {"r": 4},
+        "data": {"path": str(data_path), "max_length": 256},
+        "train": {"max_steps": 2, "micro_batch_size": 4, "gradient_accumulation": 1, "gradient_checkpointing": False},
+    }
+
+
+# (case id, how to build it, text the error must contain)
+CASES = [
+    ("empty file", lambda t: ("data", b""), "the file is empty"),
+    ("binary file", lambda t: ("data", b"\x89PNG\x00\x00\x01"), "looks like a binary file"),
+    ("wrong encoding", lambda t: ("data", '{"text": "café"}\n'.encode("latin-1")), "not valid UTF-8"),
+    ("broken jsonl line", lambda t: ("data", b'{"text": "a"}\n{"text": \n'), "d.jsonl:2: invalid JSON"),
+    ("jsonl array line", lambda t: ("data", b'[1, 2]\n'), "d.jsonl:1: expected a JSON object"),
+    ("unknown columns", lambda t: ("data", b'{"q": "a", "a": "b"}\n'), "cannot detect the data format"),
+    ("chat without assistant", lambda t: ("rows", [{"messages": [{"role": "user", "content": "hi"}]}] * 5),
+     "chat has no assistant turn"),
+    ("roles out of order", lambda t: ("rows", [{"messages": [{"role": "user", "content": "a"},
+                                                             {"role": "user", "content": "b"}]}] * 5),
+     "roles out of order"),
+    ("unknown role", lambda t: ("rows", [{"messages": [{"role": "robot", "content": "a"}]}] * 5), "has role 'robot'"),
+    ("empty messages", lambda t: ("rows", [{"messages": []}] * 5), "'messages' must be a non-empty list"),
+    ("empty answer", lambda t: ("rows", rows(output="")), "missing or empty 'output'"),
+    ("label not in set", lambda t: ("recipe", {"data": {"classification": {"labels": ["up", "down"]}}},
+                                    [{"text": "x", "label": "sideways"}] * 5), "is not in the label set"),
+    ("all rows too long", lambda t: ("rows", rows(instruction="x" * 600)), "longer than data.max_length"),
+    ("split leaves no validation", lambda t: ("recipe", {"data": {"split": {"validation": 0.0}}}, rows()),
+     "validation split is empty"),
+    ("split fractions sum to 1", lambda t: ("recipe", {"data": {"split": {"validation": 0.5, "test": 0.5}}}, rows()),
+     "validation + test must be below 1"),
+    ("negative learning rate", lambda t: ("recipe", {"train": {"learning_rate": -1e-4}}, rows()), "train.learning_rate"),
+    ("epochs 0", lambda t: ("recipe", {"train": {"epochs": 0}}, rows()), "train.epochs"),
+    ("micro batch 0", lambda t: ("recipe", {"train": {"micro_batch_size": 0}}, rows()), "train.micro_batch_size"),
+    ("max_length 0", lambda t: ("recipe", {"data": {"max_length": 0}}, rows()), "data.max_length"),
+    ("wrong type", lambda t: ("recipe", {"lora": {"r": "sixteen"}}, rows()), "lora.r"),
+    ("unknown key", lambda t: ("recipe", {"train": {"epoch": 2}}, rows()), "did you mean 'epochs'"),
+    ("unknown optimizer", lambda t: ("recipe", {"train": {"optimizer": "adam"}}, rows()), "train.optimizer"),
+    ("lora target matches nothing", lambda t: ("recipe", {"lora": {"target_modules": ["qkv"]}}, rows()),
+     "lora.target_modules"),
+    ("model dir without config", lambda t: ("model", {}), "no config.json"),
+    ("pickle-only checkpoint", lambda t: ("model", {"config.json": "tiny", "pytorch_model.bin": b"x"}),
+     "only pickle weights"),
+    ("unsupported architecture", lambda t: ("model", {"config.json": {"model_type": "made-up"}}),
+     "unsupported architecture"),
+    ("unknown hub id offline", lambda t: ("recipe", {"model": {"name": "acme/no-such-model"}}, rows()),
+     "unknown model id or the hub is unreachable"),
+    ("missing data file", lambda t: ("recipe", {"data": {"path": "nope.jsonl"}}, rows()), "data file not found"),
+    ("unsupported data suffix", lambda t: ("recipe", {"data": {"path": str(ROOT / "README.md")}}, rows()),
+     "unsupported file type"),
+    ("both path and train", lambda t: ("recipe", {"data": {"train": "x.jsonl"}}, rows()), "give either `path`"),
+    ("malformed yaml", lambda t: ("yaml", "model:\n  name: a\n    b: c\n"), "mapping values are not allowed"),
+    ("recipe not a mapping", lambda t: ("yaml", "- a\n- b\n"), "a recipe is a YAML mapping"),
+    ("output is a file", lambda t: ("output_file", None), "output path exists and is a file"),
+    ("read-only output", lambda t: ("output", "/proc/finetune-cannot-write-here"), "cannot write to the output"),
+]
+
+
+@pytest.mark.parametrize("name, build, message", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(tmp_path, tiny_model_path, name, build, message):
+    kind, *spec = build(tmp_path)
+    data = write_jsonl(tmp_path / "d.jsonl", rows())
+    recipe = base_recipe(data)
+    output = tmp_path / "run"
+    if kind == "data":
+        data.write_bytes(spec[0])
+    elif kind == "rows":
+        write_jsonl(data, spec[0])
+    elif kind == "recipe":
+        overrides, table = spec
+        write_jsonl(data, table)
+        for section, values in overrides.items():
+            recipe.setdefault(section, {}).update(values)
+    elif kind == "model":
+        model_dir = tmp_path / "model"
+        model_dir.mkdir()
+        for file, content in spec[0].items():
+            if content == "tiny":
+                content = (tiny_model_path / "config.json").read_text()
+            elif isinstance(content, dict):
+                content = json.dumps(content)
+            (model_dir / file).write_bytes(content if isinstance(content, bytes) else content.encode())
+        recipe["model"]["name"] = str(model_dir)
+    elif kind == "output_file":
+        output.write_text("x")
+    elif kind == "output":
+        output = spec[0]
+    path = tmp_path / "recipe.yaml"
+    path.write_text(spec[0] if kind == "yaml" else yaml.safe_dump(recipe))
+
+    result = CliRunner().invoke(app, ["train", str(path), "-o", str(output), "-q"])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2, result.output
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.output
+    if kind != "output_file":
+        assert not (tmp_path / "run" / "metrics.json").exists()
