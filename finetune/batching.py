@@ -1,0 +1,90 @@
+"""How examples are put into micro-batches: packed, grouped by length, or padded.
+
+Every example is padded to the longest one in its micro-batch, and padding is computed and thrown
+away. With a mix of short and long answers most of a random batch is padding. Three modes:
+
+  packed   TRL's padding-free BFD packing: examples are packed best-fit into sequences of up to
+           data.max_length tokens, a micro-batch is flattened into one row without padding, and the
+           position ids restart at 0 for every example. Only a varlen attention kernel
+           (flash_attention_2) then keeps attention within each example at the cost of the real
+           tokens; sdpa/eager would need a dense (micro_batch x max_length)^2 block mask.
+  grouped  transformers' length-grouped sampler: random mega-batches, sorted by length inside, so a
+           micro-batch holds examples of similar length and pads little. Works with every kernel.
+  padded   plain random batches (data.packing: off).
+
+Nothing here loads a model: the decision is a pure function of the recipe (and whether flash-attn
+is installed), so it is testable and `--dry-run` could show it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from types import SimpleNamespace
+from typing import Any
+
+from finetune.config import Recipe
+from finetune.errors import UserError
+
+# Kernels that take cu_seqlens / position_ids and attend within each packed example at no extra cost.
+VARLEN_ATTENTION = ("flash_attention_2",)
+
+
+def flash_attn_installed() -> bool:
+    """Whether the flash-attn package can be imported (checked without importing it: it loads CUDA)."""
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def batching_mode(recipe: Recipe, flash_available: bool | None = None) -> str:
+    """"packed" | "grouped" | "padded" for this recipe; data.packing: on with an unsuitable kernel is an error."""
+    choice = recipe.data.packing
+    if choice == "off":
+        return "padded"
+    attn = recipe.model.attn_implementation
+    installed = flash_attn_installed() if flash_available is None else flash_available
+    if attn in VARLEN_ATTENTION and installed:
+        return "packed"
+    if choice == "on":
+        why = "the flash-attn package is not installed" if attn in VARLEN_ATTENTION else f"it is {attn}"
+        raise UserError(
+            f"data.packing: on needs model.attn_implementation: flash_attention_2 (to keep packed examples apart) "
+            f"but {why}; install flash-attn on a GPU, or set data.packing: auto (length-grouped batches)"
+        )
+    return "grouped"
+
+
+def sft_kwargs(mode: str) -> dict[str, Any]:
+    """SFTConfig arguments for a mode (transformers 5.24 / TRL 1.16 names)."""
+    if mode == "packed":
+        # bfd keeps every example whole (ours are already truncated to max_length); padding_free is
+        # implied by bfd in TRL but spelled out: the collator then sends position_ids and cu_seq_lens.
+        return {"packing": True, "packing_strategy": "bfd", "padding_free": True}
+    if mode == "grouped":
+        # Lengths are read from input_ids by the sampler (one pass over the split, ~20 us per row).
+        return {"packing": False, "train_sampling_strategy": "group_by_length"}
+    if mode == "padded":
+        return {"packing": False, "train_sampling_strategy": "random"}
+    raise ValueError(f"unknown batching mode {mode!r}")
+
+
+def packed_sequences(train_dataset, max_length: int) -> int:
+    """How many sequences TRL's BFD packing makes of the training split (the same call TRL makes)."""
+    from trl.data_utils import pack_dataset
+
+    return len(pack_dataset(train_dataset.select_columns(["input_ids"]), max_length, "bfd"))
+
+
+def plan_for(recipe: Recipe, plan, train_dataset):
+    """The Plan with steps counted over packed sequences, not examples (unchanged unless packed).
+
+    make_plan counts examples; packing merges several into one sequence, so without this an epoch
+    would take several times fewer steps than planned and `max_steps` would run extra epochs.
+    Call after tokenizing: `plan = batching.plan_for(recipe, plan, datasets["train"])`.
+    """
+    if batching_mode(recipe) != "packed":
+        return plan
+    from finetune.training import make_plan
+
+    sequences = packed_sequences(train_dataset, recipe.data.max_length)
+    # make_plan only takes the sizes of the splits; validation/test sizes are kept as they were.
+    sizes = SimpleNamespace(train=range(sequences), validation=range(plan.validation_rows), test=range(plan.test_rows))
+    return make_plan(recipe, sizes, plan.world_size)
