@@ -108,6 +108,7 @@ def train(
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, read the data, print the plan; load no weights.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Train even if the VRAM estimate exceeds free GPU memory.")] = False,
+    nproc: Annotated[int, typer.Option("--nproc", help="Data-parallel processes (GPUs) through torchrun.")] = 1,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show library warnings and logs.")] = False,
     debug: Debug = False,
@@ -118,15 +119,27 @@ def train(
     """
     from finetune.config import load_recipe
     from finetune.data import load_splits
-    from finetune.training import make_plan, warnings_for
+    from finetune.launch import is_main_process, relaunch, under_torchrun
+    from finetune.training import make_plan, warnings_for, world_size
 
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; choose one")
+    if nproc < 1:
+        raise UserError(f"--nproc must be at least 1 (got {nproc})")
     loaded = load_recipe(recipe, [*(set_ or []), *(["model.allow_pickle=true"] if allow_pickle else [])])
     run = output or Path(loaded.output.dir or f"runs/{recipe.stem}")
     loaded.output.dir = str(run)
     splits = load_splits(loaded.data)
-    plan = make_plan(loaded, splits)
+    if nproc > 1 and not under_torchrun() and not dry_run:
+        # Recipe and data are valid: hand the same command to torchrun, one process per device.
+        flags = [f"--set={s}" for s in set_ or []] + [
+            flag for flag, on in (("--overwrite", overwrite), ("--resume", resume), ("--allow-pickle", allow_pickle),
+                                  ("--force", force), ("-q", quiet), ("-v", verbose), ("--debug", debug)) if on
+        ]  # fmt: skip
+        raise typer.Exit(relaunch(nproc, [str(recipe), "-o", str(run), *flags]))
+    plan = make_plan(loaded, splits, world_size() if under_torchrun() else nproc)
+    if not is_main_process():
+        console.quiet = True  # one voice: rank 0 prints the plan, the progress and the summary
     print_plan(loaded, plan, run)
     if dry_run:
         for note in warnings_for(loaded):
@@ -143,7 +156,8 @@ def train(
         hint = f"; resume with: finetune train {recipe} -o {run} --resume" if stop.resumable else ""
         typer.echo(f"stopped: {stop}{hint}", err=True)
         raise typer.Exit(stop.exit_code) from None
-    print_summary(metrics, run)
+    if is_main_process():
+        print_summary(metrics, run)
 
 
 @app.command()
@@ -299,6 +313,8 @@ def print_plan(recipe, plan, run: Path) -> None:
         f"[bold]schedule[/]  {plan.total_steps} steps ({plan.steps_per_epoch}/epoch), batch {plan.effective_batch}, "
         f"validate every {plan.eval_steps} steps"
         + (f", early stopping patience {recipe.early_stopping.patience}" if recipe.early_stopping.enabled else ""),
+        f"[bold]processes[/] {plan.world_size} (micro-batch {recipe.train.micro_batch_size} x accumulation "
+        f"{recipe.train.gradient_accumulation} x {plan.world_size} = {plan.effective_batch} examples per step)",
         f"[bold]output[/]    {run}",
     ]
     console.print("\n".join(lines))

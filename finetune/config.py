@@ -114,6 +114,9 @@ class DataSection(Section):
     split: SplitSection = Field(default_factory=SplitSection)
     max_length: int = Field(1024, gt=0, description="Tokens per example; longer ones are truncated and counted.")
     completion_only_loss: bool = Field(True, description="Loss on answer/assistant tokens only (not the prompt).")
+    packing: Literal["auto", "on", "off"] = Field(
+        "auto", description="auto = packed with flash_attention_2, else length-grouped batches; on; off = padded."
+    )
     system_prompt: str | None = Field(None, description="System message prepended to every conversation.")
     chat_template: str | None = Field(None, description="Jinja chat template overriding the tokenizer's.")
     classification: ClassificationSection = Field(default_factory=ClassificationSection)

@@ -313,7 +313,7 @@ def _throughput(log_history: list[dict], train_s: float, device) -> dict[str, fl
 def _tokenize(splits: Splits, tokenizer, recipe: Recipe):
     import datasets as hf_datasets
 
-    from finetune.tokenization import encode_split
+    from finetune.token_cache import cached_encode
 
     out, reports = {}, {}
     for name in ("train", "validation", "test"):
@@ -321,7 +321,10 @@ def _tokenize(splits: Splits, tokenizer, recipe: Recipe):
         if not examples:
             out[name] = None
             continue
-        columns, report = encode_split(examples, tokenizer, recipe.data.max_length, recipe.data.completion_only_loss)
+        # from $FINETUNE_HOME/token-cache when this split was tokenised the same way before
+        columns, report = cached_encode(
+            examples, tokenizer, recipe.data.max_length, recipe.data.completion_only_loss, splits.data_hash
+        )
         if not columns["input_ids"]:
             raise UserError(
                 f"data: every {name} example is longer than data.max_length={recipe.data.max_length} before its "
@@ -362,6 +365,8 @@ def sft_config(recipe: Recipe, plan: Plan, run: Path, dtype, device):
     import torch
     from trl import SFTConfig
 
+    from finetune import batching
+
     t = recipe.train
     if "tensorboard" in t.report_to:  # transformers 5 reads the TensorBoard folder from the environment
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run / "tb")
@@ -400,6 +405,8 @@ def sft_config(recipe: Recipe, plan: Plan, run: Path, dtype, device):
         max_length=recipe.data.max_length,
         dataset_num_proc=None,
         ddp_find_unused_parameters=False,
+        # packed (flash-attention), length-grouped or padded micro-batches: see batching.py
+        **batching.sft_kwargs(batching.batching_mode(recipe)),
     )
 
 

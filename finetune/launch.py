@@ -1,0 +1,38 @@
+"""`finetune train --nproc N`: re-run the same command under torchrun, one process per device.
+
+Nothing here is a launcher of our own: torchrun (torch.distributed.run) starts the processes and
+sets RANK/LOCAL_RANK/WORLD_SIZE; the trainer (accelerate) then initialises NCCL on GPUs or gloo on
+the CPU, wraps the model in DDP, and shards the batches. Each rank loads its own 4-bit model on
+cuda:LOCAL_RANK. Only rank 0 writes the run directory and prints.
+For several machines use torchrun's rendezvous or `accelerate launch` directly (docs/multi-gpu.md).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from finetune.errors import UserError
+
+
+def under_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def relaunch(nproc: int, train_args: list[str]) -> int:
+    """Run `finetune train ...train_args` under torchrun with `nproc` processes; return its exit code."""
+    import torch
+
+    if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+        raise UserError(f"--nproc {nproc}: only {torch.cuda.device_count()} GPUs are visible")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        "-m", "finetune", "train", *train_args,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    return subprocess.run(command, env=env).returncode

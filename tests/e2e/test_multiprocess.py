@@ -1,0 +1,34 @@
+"""`finetune train --nproc 2`: torchrun, gloo on the CPU, DDP over two processes, one run directory."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from finetune.cli import app
+from tests.conftest import ROOT, train_run
+
+QUICK = ROOT / "recipes" / "quickstart.yaml"
+
+
+def test_two_processes_train_one_run_with_half_the_steps(tmp_path):
+    result = CliRunner().invoke(app, ["train", str(QUICK), "-o", str(tmp_path / "ddp"), "--nproc", "2", "-q",
+                                      "--set", "train.epochs=1"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
+    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert ddp["world_size"] == 2 and ddp["effective_batch_size"] == 16
+
+    # The same recipe on one process takes twice the steps (each rank sees half of every global batch).
+    single = json.loads((train_run(tmp_path / "single", QUICK, "train.epochs=1") / "metrics.json").read_text())
+    assert single["global_step"] == 2 * ddp["global_step"] == 40
+    # With the same global batch (8 x 2 accumulation on one process), the validation loss is close.
+    same_batch = train_run(tmp_path / "same", QUICK, "train.epochs=1", "train.gradient_accumulation=2")
+    reference = json.loads((same_batch / "metrics.json").read_text())
+    assert reference["global_step"] == ddp["global_step"]
+    assert ddp["best_eval_loss"] == pytest.approx(reference["best_eval_loss"], rel=2e-2)
+
+
+def test_nproc_must_be_positive(tmp_path):
+    result = CliRunner().invoke(app, ["train", str(QUICK), "-o", str(tmp_path / "r"), "--nproc", "0"])
+    assert result.exit_code == 2 and "--nproc must be at least 1" in result.output
