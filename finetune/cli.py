@@ -146,12 +146,17 @@ def train(
             console.print(f"[yellow]note:[/] {note}")
         console.print("[green]dry run:[/] recipe and data are valid; no weights were loaded")
         return
+    from finetune.modeling import choose_backend
+
+    backend = choose_backend(loaded.model.backend)  # before transformers: Unsloth must patch it first
     quiet_libraries(verbose)
     from finetune.training import Stopped
     from finetune.training import train as run_training
 
     try:
-        metrics = run_training(loaded, run, console, overwrite=overwrite, resume=resume, progress=not quiet, force=force)
+        metrics = run_training(
+            loaded, run, console, overwrite=overwrite, resume=resume, progress=not quiet, force=force, backend=backend
+        )
     except Stopped as stop:
         hint = f"; resume with: finetune train {recipe} -o {run} --resume" if stop.resumable else ""
         typer.echo(f"stopped: {stop}{hint}", err=True)

@@ -36,6 +36,9 @@ class ModelSection(Section):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
         "sdpa", description="Attention kernel. sdpa is PyTorch's fused attention and works everywhere."
     )
+    backend: Literal["auto", "hf", "unsloth"] = Field(
+        "auto", description="auto = Unsloth when installed and a CUDA GPU is present, else transformers + peft."
+    )
 
 
 class QuantSection(Section):

@@ -66,6 +66,26 @@ def check_architecture(model: ModelSection) -> None:
         raise UserError(f"{model.name}: model_type '{config.model_type}' is not a causal language model transformers supports")
 
 
+def choose_backend(requested: str) -> str:
+    """hf (transformers + peft + bitsandbytes) or unsloth. Imports Unsloth when chosen: it must be
+    imported before transformers, peft and trl, because it patches them, so call this first."""
+    import importlib.util
+
+    import torch
+
+    installed = importlib.util.find_spec("unsloth") is not None
+    gpu = torch.cuda.is_available()
+    if requested == "hf" or (requested == "auto" and not (installed and gpu)):
+        return "hf"
+    if not installed:
+        raise UserError("model.backend is unsloth but Unsloth is not installed: pip install 'finetune[unsloth]'")
+    if not gpu:
+        raise UserError("model.backend is unsloth, which needs a CUDA GPU, and none is visible; use model.backend: hf")
+    import unsloth  # noqa: F401
+
+    return "unsloth"
+
+
 def device_for_this_process():
     """cuda:LOCAL_RANK when a GPU is present (each torchrun rank owns one), else the CPU."""
     import torch
@@ -182,8 +202,43 @@ def attach_lora(model, recipe: Recipe):
         raise UserError(f"lora.target_modules: {str(err).splitlines()[0]}") from err
 
 
-def load_for_training(path: str, recipe: Recipe, device, dtype):
+def load_for_training(path: str, recipe: Recipe, device, dtype, backend: str = "hf"):
+    if backend == "unsloth":
+        return load_with_unsloth(path, recipe, dtype)
     return attach_lora(load_base_model(path, recipe, device, dtype), recipe)
+
+
+# Unsloth's own list for Llama-style blocks; it takes names, not peft's "all-linear".
+UNSLOTH_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def load_with_unsloth(path: str, recipe: Recipe, dtype):
+    """The same recipe through Unsloth's FastLanguageModel (its kernels and gradient checkpointing)."""
+    from unsloth import FastLanguageModel
+
+    lora = recipe.lora
+    if lora.use_dora or lora.init != "default":
+        raise UserError("lora.use_dora and lora.init are not supported by the unsloth backend; use model.backend: hf")
+    model, _ = FastLanguageModel.from_pretrained(
+        model_name=path,
+        max_seq_length=recipe.data.max_length,
+        dtype=dtype,
+        load_in_4bit=recipe.quant.method != "none",
+        trust_remote_code=recipe.model.trust_remote_code,
+        **({"revision": recipe.model.revision} if recipe.model.revision else {}),
+    )
+    return FastLanguageModel.get_peft_model(
+        model,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=UNSLOTH_ALL_LINEAR if lora.target_modules == "all-linear" else lora.target_modules,
+        bias="none",
+        use_gradient_checkpointing="unsloth" if recipe.train.gradient_checkpointing else False,
+        use_rslora=lora.use_rslora,
+        random_state=recipe.train.seed,
+        max_seq_length=recipe.data.max_length,
+    )
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -30,10 +30,11 @@ from finetune.tokenization import EncodingReport, encode_split
 FORMAT_VERSION = "1"  # bump when the stored layout changes
 REPORT_KEY = b"finetune.encoding_report"
 
-# Below this many examples one process is faster: starting workers and sending the token lists back
-# costs more than it saves. Measured on 2 cores (docs/throughput.md): 2 workers break even near
-# 2,000 finance rows and are 1.6x faster at 20,000 (serial: ~5,000 rows/s).
-PARALLEL_MIN_ROWS = 4000
+# Below this many examples one process is as fast: forking workers and sending the token lists back
+# (pickled, ~30 MB per 20,000 rows) eats the gain. Measured on 2 idle cores with the finance rows
+# (serial ~5,000 rows/s): 2 workers give 1.0x at 500 rows, 1.26x at 1,000, 1.42x at 2,000 and
+# 1.61x at 20,000; on cores busy with other work they are ~15% slower instead. See docs/design.md.
+PARALLEL_MIN_ROWS = 2000
 MAX_WORKERS = 8
 
 

@@ -107,8 +107,12 @@ def train(
     resume: bool = False,
     progress: bool = True,
     force: bool = False,
+    backend: str = "hf",
 ) -> dict[str, Any]:
-    """Fine-tune, keep the best adapter, score the test split, and write the run directory."""
+    """Fine-tune, keep the best adapter, score the test split, and write the run directory.
+
+    `backend` comes from modeling.choose_backend, called before transformers is imported.
+    """
     from transformers import EarlyStoppingCallback, PrinterCallback, set_seed
 
     from finetune import modeling
@@ -155,7 +159,7 @@ def train(
     device = modeling.device_for_this_process()
     dtype = modeling.compute_dtype(recipe.model.dtype, device)
     set_seed(recipe.train.seed)  # right before the adapter's random init: nothing earlier can shift it
-    model = modeling.load_for_training(model_path, recipe, device, dtype)
+    model = modeling.load_for_training(model_path, recipe, device, dtype, backend)
     trainable, total = model.get_nb_trainable_parameters()
     timings["model_load_s"] = time.perf_counter() - t0
 
@@ -230,7 +234,7 @@ def train(
             "data_format": splits.format,
             "tokenization": {name: asdict(report) for name, report in reports.items()},
             "world_size": plan.world_size,
-            "backend": "hf",
+            "backend": backend,
             "device": str(device),
             "compute_dtype": str(dtype).removeprefix("torch."),
             "versions": package_versions(),

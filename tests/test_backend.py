@@ -1,0 +1,46 @@
+"""Backend selection: the logic and its errors (the Unsloth training path itself needs a CUDA GPU)."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from finetune.errors import UserError
+from finetune.modeling import choose_backend
+
+
+def fake_unsloth_installed(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "unsloth" else real(name, *a))
+
+
+def test_hf_and_auto_without_unsloth_or_gpu_use_transformers():
+    assert choose_backend("hf") == "hf"
+    assert choose_backend("auto") == "hf"  # no Unsloth and no GPU on this machine
+
+
+def test_auto_with_unsloth_but_no_gpu_uses_transformers(monkeypatch):
+    fake_unsloth_installed(monkeypatch)
+    assert not torch.cuda.is_available()
+    assert choose_backend("auto") == "hf"
+
+
+def test_unsloth_without_the_package_names_the_extra():
+    with pytest.raises(UserError, match=r"pip install 'finetune\[unsloth\]'"):
+        choose_backend("unsloth")
+
+
+def test_unsloth_without_a_gpu_is_a_clear_error(monkeypatch):
+    fake_unsloth_installed(monkeypatch)
+    with pytest.raises(UserError, match="needs a CUDA GPU"):
+        choose_backend("unsloth")
+
+
+def test_train_with_unsloth_backend_on_cpu_exits_2(write_recipe, tmp_path):
+    from typer.testing import CliRunner
+
+    from finetune.cli import app
+
+    result = CliRunner().invoke(app, ["train", str(write_recipe({"model": {"backend": "unsloth"}})), "-o", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "finetune[unsloth]" in result.output
+    assert not (tmp_path / "r").exists()
