@@ -78,8 +78,14 @@ class StopOnSignal(TrainerCallback):
         self.received = signum
         self.uninstall()  # the next signal gets the default behaviour: immediate stop
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.received is not None:
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        from finetune.launch import all_ranks_max
+
+        # Every rank stops at the same step, or the others would wait forever in the next collective.
+        device = next(model.parameters()).device if model is not None else "cpu"
+        signum = all_ranks_max(float(self.received or 0), device)
+        if signum:
+            self.received = int(signum)
             control.should_save = True
             control.should_training_stop = True
 

@@ -80,6 +80,23 @@ def quiet_libraries(verbose: bool) -> None:
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars
 
 
+def emit_json(data: dict) -> None:
+    """The one JSON object of `--json` on stdout. NaN/inf (a diverged loss) become strings: valid JSON."""
+    import json
+    import math
+
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    typer.echo(json.dumps(clean(data), allow_nan=False))
+
+
 def version_callback(value: bool) -> None:
     if value:
         typer.echo(f"finetune {__version__}")
@@ -233,6 +250,8 @@ def vram_estimate(
     from finetune import vram
     from finetune.architectures import load_spec
 
+    if method is not None and method not in vram.METHODS:
+        raise UserError(f"--method must be one of {', '.join(vram.METHODS)} (got {method!r})")
     loaded = None
     if recipe is not None:
         from finetune.config import load_recipe
@@ -273,9 +292,12 @@ def vram_estimate(
         from finetune.vram_measure import compare
         from finetune.vram_measure import measure as run_measure
 
-        comparison = compare(result, run_measure(loaded))
+        from finetune.doctor import stdout_to_stderr
+
+        with stdout_to_stderr():  # libraries that print while loading must not reach stdout (--json)
+            comparison = compare(result, run_measure(loaded))
     if json_output:
-        typer.echo(json.dumps({**result.to_json(gpus), **({"measured": comparison} if comparison else {})}))
+        emit_json({**result.to_json(gpus), **({"measured": comparison} if comparison else {})})
         return
     vram.render_table(result, out, gpus)
     for name, gib in (gpus if (gpu or gpu_memory) else dict(list(vram.GPUS.items())[:1])).items():

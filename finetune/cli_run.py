@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -10,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from finetune.cli import Debug, app, console, handle_errors, out, quiet_libraries
+from finetune.cli import Debug, app, console, emit_json, handle_errors, out, quiet_libraries
 from finetune.errors import UserError
 
 Run = Annotated[Path, typer.Argument(help="A run directory written by `finetune train`.")]
@@ -47,12 +46,16 @@ def eval_command(
     trained = open_run(run)
     quiet_libraries(verbose=False)
     label_list = [label.strip() for label in labels.split(",") if label.strip()] if labels else None
-    results = evaluate_run(
-        trained, data=data, split=split, task=task, labels=label_list, compare_base=compare_base, limit=limit,
-        batch_size=batch_size, method=method, out_dir=output or run / "eval", console=console, progress=not json_output,
-    )  # fmt: skip
+    from finetune.doctor import stdout_to_stderr
+
+    with stdout_to_stderr():  # libraries that print while loading must not reach stdout (--json)
+        results = evaluate_run(
+            trained, data=data, split=split, task=task, labels=label_list, compare_base=compare_base, limit=limit,
+            batch_size=batch_size, method=method, out_dir=output or run / "eval", console=console,
+            progress=not json_output,
+        )  # fmt: skip
     if json_output:
-        typer.echo(json.dumps(results))
+        emit_json(results)
         return
     print_eval(results)
     console.print(f"written to {output or run / 'eval'}")

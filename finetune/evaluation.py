@@ -37,14 +37,16 @@ def sequence_logprobs(model, batch: list[tuple[list[int], list[int]]]) -> tuple[
         input_ids[row, : len(ids)] = torch.tensor(ids)
         labels[row, : len(labs)] = torch.tensor(labs)
         mask[row, : len(ids)] = 1
-    with torch.no_grad():
-        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
     targets = labels[:, 1:].to(device)  # token t is predicted from positions < t
-    logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-    picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    keep = targets != IGNORE
-    sums = (picked * keep).sum(dim=1)
-    return sums.tolist(), keep.sum(dim=1).tolist()
+    sums = []
+    with torch.no_grad():
+        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+        for row in range(len(batch)):  # one row at a time: fp32 scores of seq x vocab, not batch x seq x vocab
+            nll = torch.nn.functional.cross_entropy(
+                logits[row, :-1].float(), targets[row], ignore_index=IGNORE, reduction="sum"
+            )
+            sums.append(-float(nll))
+    return sums, (targets != IGNORE).sum(dim=1).tolist()
 
 
 def lm_loss(model, encoded: list[tuple[list[int], list[int]]], batch_size: int, progress: Progress | None = None) -> dict:

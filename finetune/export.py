@@ -21,7 +21,6 @@ DTYPES = ("bf16", "fp16", "fp32")
 
 
 def merge(run: TrainedRun, out: Path, dtype: str = "bf16", overwrite: bool = False) -> Path:
-    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -31,14 +30,14 @@ def merge(run: TrainedRun, out: Path, dtype: str = "bf16", overwrite: bool = Fal
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out}: output directory is not empty; pass --overwrite or choose another -o")
-    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    torch_dtype = modeling.torch_dtype(dtype)
     base_path = modeling.resolve_model_path(run.recipe.model)
     base = AutoModelForCausalLM.from_pretrained(
         base_path,
         revision=run.recipe.model.revision,
         dtype=torch_dtype,
         trust_remote_code=run.recipe.model.trust_remote_code,
-        use_safetensors=True,
+        use_safetensors=None if run.recipe.model.allow_pickle else True,
     )
     merged = PeftModel.from_pretrained(base, run.path / run_dir.ADAPTER).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(run.path / run_dir.ADAPTER)

@@ -24,6 +24,19 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def all_ranks_max(value: float, device) -> float:
+    """The largest `value` over all processes (itself when not distributed): ranks must agree to
+    skip a step or to stop, or DDP replicas drift apart or deadlock in the next collective."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
+
+
 def relaunch(nproc: int, train_args: list[str]) -> int:
     """Run `finetune train ...train_args` under torchrun with `nproc` processes; return its exit code."""
     import torch

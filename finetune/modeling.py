@@ -91,17 +91,26 @@ def device_for_this_process():
     import torch
 
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)  # so no rank opens a context on GPU 0 by accident
+        return device
     return torch.device("cpu")
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
 def compute_dtype(requested: str, device) -> Any:
     """bf16 on GPUs that support it (Ampere+), fp16 on older GPUs (T4), fp32 on CPU (fast and exact there)."""
     import torch
 
-    named = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"model.dtype: bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16 or auto")
     if requested != "auto":
-        return named[requested]
+        return torch_dtype(requested)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
@@ -241,7 +250,3 @@ def load_with_unsloth(path: str, recipe: Recipe, dtype):
     )
 
 
-def count_parameters(model) -> tuple[int, int]:
-    """(trainable, total) in parameters, counting 4-bit packed weights as their real element count."""
-    trainable, total = model.get_nb_trainable_parameters()
-    return trainable, total

@@ -75,10 +75,15 @@ class SpikeGuard(TrainerCallback):
         self._take_snapshot(model, optimizer)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        from finetune.launch import all_ranks_max
+
         loss = float(sum(self.micro_losses)) if self.micro_losses else float("nan")
         self.micro_losses = []
         trainable = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
         grad_norm = math.sqrt(sum(float(p.grad.detach().float().pow(2).sum()) for p in trainable))
+        # Under DDP every rank must take the same decision: judge the worst rank's loss (NaN wins).
+        device = trainable[0].device if trainable else "cpu"
+        loss = all_ranks_max(loss if math.isfinite(loss) else math.inf, device)
         step = state.global_step + 1  # the step being taken
         spike, median = self.judge.is_spike(loss, grad_norm)
         if not spike:
@@ -100,7 +105,7 @@ class SpikeGuard(TrainerCallback):
         if model is None:
             return
         params = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
-        state = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
+        state = _to_cpu(optimizer.state_dict()) if optimizer is not None else None  # no second copy on the GPU
         self.snapshot = {"params": params, "optimizer": state}
 
     def _roll_back(self, step: int, model, optimizer, lr_scheduler, control) -> None:
@@ -124,6 +129,19 @@ class SpikeGuard(TrainerCallback):
             lr_scheduler.base_lrs = [lr * self.cfg.lr_factor for lr in lr_scheduler.base_lrs]  # persists
         self.judge.reset_spikes()
         self.events.append({"type": "rollback", "step": step, "lr_factor": self.cfg.lr_factor, "rollback": self.rollbacks})
+
+
+def _to_cpu(value):
+    """A deep copy of an optimizer state dict with every tensor on the CPU (load_state_dict moves them back)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return copy.deepcopy(value)
 
 
 def _num(value: float | None) -> float | str | None:

@@ -198,10 +198,11 @@ def train(
     if signals.received is not None or (guard is not None and guard.diverged):
         # Stopped before the end: the last checkpoint and the partial metrics are on disk; no adapter
         # is written, so nothing looks finished.
+        if signals.received is not None:
+            events.append({"type": "interrupted", "step": trainer.state.global_step, "signal": signals.received})
         if is_main:
             run_dir.write_json(run / "metrics.partial.json", {**results, **fingerprint})
         if signals.received is not None:
-            events.append({"type": "interrupted", "step": trainer.state.global_step, "signal": signals.received})
             raise Stopped(signals.exit_code, f"interrupted at step {trainer.state.global_step}; checkpoint saved", resumable=True)
         raise Stopped(
             1,
@@ -209,6 +210,11 @@ def train(
             f"(see {run / 'metrics.partial.json'} events); lower train.learning_rate or check the data",
         )
 
+    if is_main:
+        # The trainer has reloaded the best checkpoint (load_best_model_at_end): that is the adapter we
+        # keep. Saved before the test scoring, so a failure there cannot cost the adapter.
+        run_dir.save_adapter(run, trainer.model, tokenizer)
+    trainer.optimizer = None  # its states are not needed any more; free them before scoring
     if datasets.get("test") is not None:
         # Scored by the same function as `finetune eval` (token-weighted mean over answer tokens), so
         # the two report the same number for the same adapter.
@@ -223,8 +229,6 @@ def train(
         timings["test_s"] = time.perf_counter() - t0
 
     if is_main:
-        # The trainer has reloaded the best checkpoint (load_best_model_at_end): that is the adapter we keep.
-        run_dir.save_adapter(run, trainer.model, tokenizer)
         run_dir.plot_loss(results["history"], results["best_step"], run / "loss.png")
         timings["total_s"] = time.perf_counter() - started
         metrics = {

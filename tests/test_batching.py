@@ -1,0 +1,110 @@
+"""data.packing: which batching mode each recipe gets, and that the trainer configuration carries it."""
+
+from __future__ import annotations
+
+import pytest
+
+from finetune import batching
+from finetune.config import validate_recipe
+from finetune.errors import UserError
+from finetune.training import Plan, sft_config
+
+
+def recipe(packing: str = "auto", attn: str = "sdpa", **data):
+    return validate_recipe(
+        {"model": {"name": "builtin:tiny-llama", "attn_implementation": attn},
+         "data": {"path": "rows.jsonl", "packing": packing, "max_length": 8, **data}}
+    )
+
+
+@pytest.mark.parametrize(
+    ("packing", "attn", "flash", "mode"),
+    [
+        ("auto", "flash_attention_2", True, "packed"),
+        ("auto", "flash_attention_2", False, "grouped"),  # requested but not installed
+        ("auto", "sdpa", True, "grouped"),
+        ("auto", "eager", True, "grouped"),
+        ("on", "flash_attention_2", True, "packed"),
+        ("off", "flash_attention_2", True, "padded"),
+        ("off", "sdpa", False, "padded"),
+        ("off", "eager", False, "padded"),
+    ],
+)
+def test_mode_for_each_combination(packing, attn, flash, mode):
+    assert batching.batching_mode(recipe(packing, attn), flash_available=flash) == mode
+
+
+@pytest.mark.parametrize(("attn", "flash"), [("sdpa", True), ("eager", True), ("flash_attention_2", False)])
+def test_packing_on_without_a_varlen_kernel_is_a_user_error(attn, flash):
+    with pytest.raises(UserError) as err:
+        batching.batching_mode(recipe("on", attn), flash_available=flash)
+    message = str(err.value)
+    assert "data.packing" in message and "model.attn_implementation" in message and "\n" not in message
+
+
+def test_packing_defaults_to_auto_and_rejects_other_values():
+    assert recipe().data.packing == "auto"
+    with pytest.raises(UserError, match="data.packing"):
+        recipe("yes")
+
+
+def _config(r, tmp_path):
+    import torch
+
+    plan = Plan(train_rows=32, validation_rows=4, test_rows=4, world_size=1, effective_batch=16,
+                steps_per_epoch=2, total_steps=6, eval_steps=1)
+    return sft_config(r, plan, tmp_path, torch.float32, torch.device("cpu"))
+
+
+def test_sft_config_carries_the_mode(tmp_path, monkeypatch):
+    grouped = _config(recipe("auto", "sdpa"), tmp_path)
+    assert grouped.train_sampling_strategy == "group_by_length" and not grouped.packing and not grouped.padding_free
+    padded = _config(recipe("off"), tmp_path)
+    assert padded.train_sampling_strategy == "random" and not padded.packing and not padded.padding_free
+    monkeypatch.setattr(batching, "flash_attn_installed", lambda: True)
+    packed = _config(recipe("auto", "flash_attention_2"), tmp_path)
+    assert packed.packing and packed.padding_free and packed.packing_strategy == "bfd"
+    assert packed.max_length == 8  # the packed sequence length is data.max_length
+    with pytest.raises(UserError):
+        _config(recipe("on", "sdpa"), tmp_path)
+
+
+def test_packed_plan_counts_packed_sequences(monkeypatch):
+    from datasets import Dataset
+
+    from finetune.training import make_plan
+
+    # lengths 5,5,3,3,2,2 in sequences of 8 tokens: best fit gives [5,3] [5,3] [2,2]
+    lengths = [5, 5, 3, 3, 2, 2]
+    rows = Dataset.from_dict({"input_ids": [[1] * n for n in lengths], "labels": [[1] * n for n in lengths]})
+    assert batching.packed_sequences(rows, 8) == 3
+
+    r = recipe("auto", "flash_attention_2")
+    r.train.micro_batch_size, r.train.gradient_accumulation, r.train.epochs = 1, 1, 1
+    sizes = type("Sizes", (), {"train": [0] * 6, "validation": [0] * 2, "test": [0]})()
+    plan = make_plan(r, sizes)
+    assert plan.total_steps == 6
+    monkeypatch.setattr(batching, "flash_attn_installed", lambda: False)
+    assert batching.plan_for(r, plan, rows) is plan  # grouped: one example per row, as planned
+    monkeypatch.setattr(batching, "flash_attn_installed", lambda: True)
+    packed = batching.plan_for(r, plan, rows)
+    assert (packed.train_rows, packed.total_steps, packed.validation_rows, packed.test_rows) == (3, 3, 2, 1)
+
+
+def test_grouped_mode_reaches_the_length_grouped_sampler(tiny_model_path, tiny_tokenizer, tmp_path):
+    """Guards the transformers option name: the trainer really builds a LengthGroupedSampler."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+    from trl import SFTTrainer
+
+    rows = Dataset.from_dict({"input_ids": [[5, 6, 7][: 1 + i % 3] for i in range(16)],
+                              "labels": [[5, 6, 7][: 1 + i % 3] for i in range(16)]})
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+        args=_config(recipe("auto", "sdpa"), tmp_path),
+        train_dataset=rows,
+        eval_dataset=rows,
+        processing_class=tiny_tokenizer,
+    )
+    assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
