@@ -200,6 +200,13 @@ class Recipe(Section):
     output: OutputSection = Field(default_factory=OutputSection)
     description: str | None = Field(None, description="One line shown by `finetune recipes`.")
 
+    @model_validator(mode="after")
+    def _init_needs_full_precision(self) -> Recipe:
+        # peft initialises PiSSA/OLoRA from an SVD/QR of full-precision weights and refuses a 4-bit base
+        if self.lora.init in ("pissa", "olora") and self.quant.method != "none":
+            raise ValueError(f"lora.init {self.lora.init} needs a 16/32-bit base: set quant: none (or lora.init: default)")
+        return self
+
     def resolved_dict(self) -> dict[str, Any]:
         """Everything, defaults filled in: what RUN/recipe.yaml records."""
         return self.model_dump(mode="json")

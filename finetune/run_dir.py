@@ -67,12 +67,30 @@ def write_recipe(run: Path, resolved: dict[str, Any]) -> None:
     write_atomic(run / "recipe.yaml", yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
 
 
+INITIAL_ADAPTER = "checkpoints/initial-adapter"  # pissa/olora: the adapter before training
+
+
+def save_initial_adapter(run: Path, model) -> Path:
+    """PiSSA/OLoRA rewrite the base weights when they initialise the adapter. Keeping the initial
+    adapter lets peft convert the final one into a plain LoRA on the *original* base (rank 2r), which
+    is what every loader of RUN/adapter uses (peft's documented recipe)."""
+    config = model.peft_config["default"]
+    init, config.init_lora_weights = config.init_lora_weights, True
+    try:
+        model.save_pretrained(run / INITIAL_ADAPTER)
+    finally:
+        config.init_lora_weights = init
+    return run / INITIAL_ADAPTER
+
+
 def save_adapter(run: Path, model, tokenizer) -> Path:
     """Save the PEFT adapter and tokenizer into RUN/adapter via a staging folder and a rename."""
     target = run / ADAPTER
+    initial = run / INITIAL_ADAPTER
+    convert = {"path_initial_model_for_weight_conversion": str(initial)} if initial.is_dir() else {}
     staging = Path(tempfile.mkdtemp(prefix=".adapter-", dir=run))
     try:
-        model.save_pretrained(staging)
+        model.save_pretrained(staging, **convert)
         tokenizer.save_pretrained(staging)
         if target.exists():
             shutil.rmtree(target)

@@ -160,6 +160,8 @@ def train(
     dtype = modeling.compute_dtype(recipe.model.dtype, device)
     set_seed(recipe.train.seed)  # right before the adapter's random init: nothing earlier can shift it
     model = modeling.load_for_training(model_path, recipe, device, dtype, backend)
+    if is_main and recipe.lora.init in ("pissa", "olora") and not resume:
+        run_dir.save_initial_adapter(run, model)
     trainable, total = model.get_nb_trainable_parameters()
     timings["model_load_s"] = time.perf_counter() - t0
 

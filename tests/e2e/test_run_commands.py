@@ -141,3 +141,20 @@ def test_merge_equals_base_plus_adapter(quickstart_run, tmp_path):
 
     again = invoke("merge", quickstart_run, "-o", out)
     assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+def test_pissa_adapter_is_converted_to_plain_lora_on_the_original_base(tmp_path):
+    # PiSSA rewrites the base weights at init; the saved adapter must still work on the original base.
+    run = train_run(tmp_path / "pissa", ROOT / "recipes" / "quickstart.yaml",
+                    "lora.init=pissa", "quant.method=none", "train.epochs=1")  # fmt: skip
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 16 and config["init_lora_weights"] is True  # rank 2r: the conversion happened
+    result = invoke("eval", run, "--split", "validation", "-o", tmp_path / "e", "--json")
+    assert result.exit_code == 0, result.output
+    best = json.loads((run / "metrics.json").read_text())["best_eval_loss"]
+    assert json.loads(result.stdout)["finetuned"]["loss"] == pytest.approx(best, rel=1e-3)
+
+
+def test_pissa_on_a_4bit_base_is_refused(write_recipe, tmp_path):
+    result = invoke("train", write_recipe({"lora": {"init": "olora"}}), "-o", tmp_path / "r")
+    assert result.exit_code == 2 and "needs a 16/32-bit base" in result.output
