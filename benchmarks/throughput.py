@@ -41,7 +41,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MODEL = {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 4,
+MODEL = {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4,
          "num_key_value_heads": 2, "max_position_embeddings": 2048}
 LONG_EVERY, LONG_BYTES = 8, 1500  # every 8th answer stretched to ~1,500 bytes (= tokens, byte-level)
 SEED = 42
@@ -175,8 +175,10 @@ def second_half_loss(log: list[dict], steps: int) -> float:
 
 def held_out_losses(result: dict, datasets: dict) -> dict:
     from finetune.evaluation import lm_loss
+    from finetune.modeling import keep_cpu_weights_differentiable
 
     model = result["trainer"].model
+    keep_cpu_weights_differentiable(model)  # the same dequantizing path for both (see docs/design.md)
     model.eval()
     return {name: lm_loss(model, list(zip(datasets[name]["input_ids"], datasets[name]["labels"])), 4)["loss"]
             for name in ("validation", "test")}

@@ -184,7 +184,7 @@ class SpikeGuardSection(Section):
 
 class OutputSection(Section):
     dir: str | None = Field(None, description="Run directory (relative to the working directory); default runs/<recipe>.")
-    save_total_limit: int = Field(2, gt=0, description="Checkpoints kept besides the best one.")
+    save_total_limit: int = Field(2, gt=0, description="Checkpoints kept in all; the best and the newest are never deleted.")
 
 
 class Recipe(Section):

@@ -2,7 +2,7 @@
 
 Everything here is pure Python (no torch, no tokenizer), so `finetune validate` and
 `finetune train --dry-run` can check the data without loading a model. Tokenization and loss
-masking live in `tokenize.py`.
+masking live in `tokenization.py`.
 
 Formats (detected from the columns, or set with data.format):
   chat               {"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]}

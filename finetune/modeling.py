@@ -1,4 +1,4 @@
-"""Load the base model (4-bit or not) and attach LoRA. The only place dtypes and devices are decided."""
+"""Load the base model (4-bit or not) and attach LoRA; choose the backend, the device and the compute dtype."""
 
 from __future__ import annotations
 
