@@ -127,8 +127,12 @@ def run_finetune(model_dir: Path, data: Path, work: Path) -> dict:
             "steps": trainer.state.global_step, "log": trainer.state.log_history}
 
 
-def run_plain(model_dir: Path, splits, work: Path) -> dict:
-    """What a user writes from TRL's docs: prompt-completion rows, a LoraConfig, SFTConfig defaults."""
+def run_plain(model_dir: Path, splits, work: Path, packing: bool = False) -> dict:
+    """What a user writes from TRL's docs: prompt-completion rows, a LoraConfig, SFTConfig defaults.
+
+    packing=True (--packed-sdpa) turns on TRL's BFD padding-free packing with sdpa attention, to show
+    why finetune does not pack without flash-attention.
+    """
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -145,7 +149,7 @@ def run_plain(model_dir: Path, splits, work: Path) -> dict:
                                                  device_map={"": "cpu"})
     args = SFTConfig(output_dir=str(work / "plain"), num_train_epochs=1, learning_rate=2e-4,
                      per_device_train_batch_size=4, gradient_accumulation_steps=4, bf16=False, use_cpu=True,
-                     report_to="none", save_strategy="no", disable_tqdm=True, seed=SEED)
+                     report_to="none", save_strategy="no", disable_tqdm=True, seed=SEED, packing=packing)
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=rows(splits.train),
                          processing_class=AutoTokenizer.from_pretrained(model_dir), peft_config=lora)
@@ -154,7 +158,7 @@ def run_plain(model_dir: Path, splits, work: Path) -> dict:
     start = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - start
-    return {"mode": "padded (random batches)", "trainer": trainer, "tokens": trainer._total_train_tokens,
+    return {"mode": "packed (sdpa)" if packing else "padded (random batches)", "trainer": trainer, "tokens": trainer._total_train_tokens,
             "step_s": timer.seconds, "train_s": train_s, "wall_s": train_s, "steps": trainer.state.global_step,
             "log": trainer.state.log_history}
 
@@ -194,6 +198,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a quarter of the rows (a smoke test, ~1 minute)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
+    parser.add_argument("--packed-sdpa", action="store_true", help="a third run: TRL packing with sdpa (+~1 min)")
     options = parser.parse_args()
 
     import torch
@@ -202,6 +207,10 @@ def main() -> None:
     from finetune.data import load_splits
     from finetune.training import _tokenize, package_versions
 
+    load_before = os.getloadavg()[0]
+    if load_before > 0.5:  # two busy processes on 2 cores slow PyTorch's threads down 10-50x
+        print(f"warning: load average {load_before:.1f}: other processes use the CPU; timings will be off",
+              file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="finetune-throughput-") as tmp:
         work = Path(tmp)
         os.environ["FINETUNE_HOME"] = str(work / "home")  # a cold token cache, nothing left behind
@@ -211,11 +220,14 @@ def main() -> None:
 
         ours = run_finetune(work / "model", work / "rows.jsonl", work)
         plain = run_plain(work / "model", splits, work)
+        runs = [("plain TRL + peft", plain), ("finetune defaults", ours)]
+        if options.packed_sdpa:
+            runs.append(("plain TRL + peft, packing=True", run_plain(work / "model", splits, work, packing=True)))
 
         recipe_like = type("R", (), {"data": DataSection(path=str(work / "rows.jsonl"))})()
         tokenized, _ = _tokenize(splits, ours["trainer"].processing_class, recipe_like)
         results = {}
-        for name, result in (("plain TRL + peft", plain), ("finetune defaults", ours)):
+        for name, result in runs:
             results[name] = {
                 "batching": result["mode"],
                 "optimizer_steps": result["steps"],
@@ -231,6 +243,7 @@ def main() -> None:
         "date": date.today().isoformat(),
         "machine": machine(),
         "torch_threads": torch.get_num_threads(),
+        "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "versions": package_versions(),
         "rows": splits.sizes(),
         "runs": results,

@@ -5,9 +5,11 @@ away. With a mix of short and long answers most of a random batch is padding. Th
 
   packed   TRL's padding-free BFD packing: examples are packed best-fit into sequences of up to
            data.max_length tokens, a micro-batch is flattened into one row without padding, and the
-           position ids restart at 0 for every example. Only a varlen attention kernel
-           (flash_attention_2) then keeps attention within each example at the cost of the real
-           tokens; sdpa/eager would need a dense (micro_batch x max_length)^2 block mask.
+           position ids restart at 0 for every example. A varlen kernel (flash_attention_2) keeps
+           attention within each example at the cost of the real tokens. sdpa/eager stay correct
+           in training (transformers 5 turns the restarting position ids into a block-diagonal
+           mask when there is no cache) but attend over the whole flattened micro-batch:
+           (micro_batch x max_length)^2 work, mostly masked out. So packing needs flash-attn.
   grouped  transformers' length-grouped sampler: random mega-batches, sorted by length inside, so a
            micro-batch holds examples of similar length and pads little. Works with every kernel.
   padded   plain random batches (data.packing: off).
@@ -46,8 +48,8 @@ def batching_mode(recipe: Recipe, flash_available: bool | None = None) -> str:
     if choice == "on":
         why = "the flash-attn package is not installed" if attn in VARLEN_ATTENTION else f"it is {attn}"
         raise UserError(
-            f"data.packing: on needs model.attn_implementation: flash_attention_2 (to keep packed examples apart) "
-            f"but {why}; install flash-attn on a GPU, or set data.packing: auto (length-grouped batches)"
+            f"data.packing: on needs model.attn_implementation: flash_attention_2 (other kernels attend over the "
+            f"whole packed micro-batch) but {why}; install flash-attn on a GPU, or set data.packing: auto"
         )
     return "grouped"
 

@@ -148,7 +148,10 @@ def train(
     loaded.output.dir = str(run)
     splits = load_splits(loaded.data)
     if nproc > 1 and not under_torchrun() and not dry_run:
-        # Recipe and data are valid: hand the same command to torchrun, one process per device.
+        # Recipe, data and model are valid: hand the same command to torchrun, one process per device.
+        from finetune.modeling import resolve_model_path
+
+        resolve_model_path(loaded.model)  # a bad model path is exit 2 here, not a worker failure
         flags = [f"--set={s}" for s in set_ or []] + [
             flag for flag, on in (("--overwrite", overwrite), ("--resume", resume), ("--allow-pickle", allow_pickle),
                                   ("--force", force), ("-q", quiet), ("-v", verbose), ("--debug", debug)) if on

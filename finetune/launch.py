@@ -10,6 +10,7 @@ For several machines use torchrun's rendezvous or `accelerate launch` directly (
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -48,4 +49,18 @@ def relaunch(nproc: int, train_args: list[str]) -> int:
         "-m", "finetune", "train", *train_args,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.run(command, env=env).returncode
+    child = subprocess.Popen(command, env=env)
+    received: list[int] = []
+
+    def forward(signum, frame):  # Ctrl-C / docker stop reach the workers, which checkpoint and stop
+        received.append(signum)
+        child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    # torchrun reports any worker failure as 1; an interruption keeps its conventional code
+    return 128 + received[0] if received and code != 0 else code

@@ -1,0 +1,35 @@
+"""What the trainer really feeds the model: our labels survive SFTTrainer's preparation and collation."""
+
+from pathlib import Path
+
+import torch
+
+from finetune import modeling
+from finetune.config import load_recipe
+from finetune.data import load_splits
+from finetune.tokenization import IGNORE, check_special_tokens, ensure_chat_template
+from finetune.training import _tokenize, _trainer_class, make_plan, sft_config
+
+
+def test_collated_batches_keep_the_prompt_masked(write_recipe, tmp_path):
+    recipe = load_recipe(write_recipe({"train": {"max_steps": 1}}))
+    path = modeling.resolve_model_path(recipe.model)
+    tokenizer = modeling.load_tokenizer(path, recipe.model)
+    check_special_tokens(tokenizer)
+    ensure_chat_template(tokenizer, None)
+    splits = load_splits(recipe.data)
+    datasets, _ = _tokenize(splits, tokenizer, recipe)
+    model = modeling.load_for_training(path, recipe, torch.device("cpu"), torch.float32)
+    args = sft_config(recipe, make_plan(recipe, splits), Path(tmp_path), torch.float32, torch.device("cpu"))
+    trainer = _trainer_class()(model=model, args=args, train_dataset=datasets["train"],
+                               eval_dataset=datasets["validation"], processing_class=tokenizer)  # fmt: skip
+    batch = next(iter(trainer.get_train_dataloader()))
+    assistant = tokenizer("### Assistant:\n", add_special_tokens=False)["input_ids"]
+    for ids, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist()):
+        # the answer starts right after the last "### Assistant:\n": everything before it is masked
+        start = max(i for i in range(len(ids)) if ids[i : i + len(assistant)] == assistant) + len(assistant)
+        assert all(label == IGNORE for label in labels[:start])
+        trained = [i for i, label in enumerate(labels) if label != IGNORE]
+        assert trained and trained[0] == start
+        if trained[-1] < recipe.data.max_length - 1:  # not truncated: the answer ends with a trained EOS
+            assert labels[trained[-1]] == tokenizer.eos_token_id
