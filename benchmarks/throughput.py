@@ -92,14 +92,15 @@ def step_timer():
     return StepTimer()
 
 
-def run_finetune(model_dir: Path, data: Path, work: Path) -> dict:
+def run_finetune(model_dir: Path, data: Path, work: Path, packing: str = "auto") -> dict:
     from rich.console import Console
 
     from finetune import training
     from finetune.batching import batching_mode
     from finetune.config import validate_recipe
 
-    recipe = validate_recipe({"model": {"name": str(model_dir)}, "data": {"path": str(data)}, "train": {"epochs": 1}})
+    recipe = validate_recipe({"model": {"name": str(model_dir)}, "data": {"path": str(data), "packing": packing},
+                              "train": {"epochs": 1}})
     timer, seen = step_timer(), {}
     make_class = training._trainer_class
 
@@ -117,7 +118,7 @@ def run_finetune(model_dir: Path, data: Path, work: Path) -> dict:
     training._trainer_class = instrumented
     try:
         start = time.perf_counter()
-        metrics = training.train(recipe, work / "run", Console(file=io.StringIO()), progress=False)
+        metrics = training.train(recipe, work / f"run-{packing}", Console(file=io.StringIO()), progress=False)
         wall = time.perf_counter() - start
     finally:
         training._trainer_class = make_class
@@ -198,7 +199,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a quarter of the rows (a smoke test, ~1 minute)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
-    parser.add_argument("--packed-sdpa", action="store_true", help="a third run: TRL packing with sdpa (+~1 min)")
+    parser.add_argument("--packed-sdpa", action="store_true", help="another run: TRL packing with sdpa (+~1 min)")
+    parser.add_argument("--padded", action="store_true", help="another run: finetune with data.packing: off (+~1.5 min)")
     options = parser.parse_args()
 
     import torch
@@ -221,6 +223,8 @@ def main() -> None:
         ours = run_finetune(work / "model", work / "rows.jsonl", work)
         plain = run_plain(work / "model", splits, work)
         runs = [("plain TRL + peft", plain), ("finetune defaults", ours)]
+        if options.padded:
+            runs.append(("finetune, data.packing: off", run_finetune(work / "model", work / "rows.jsonl", work, "off")))
         if options.packed_sdpa:
             runs.append(("plain TRL + peft, packing=True", run_plain(work / "model", splits, work, packing=True)))
 
@@ -243,7 +247,7 @@ def main() -> None:
         "date": date.today().isoformat(),
         "machine": machine(),
         "torch_threads": torch.get_num_threads(),
-        "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "load_average_before": round(load_before, 2),
         "versions": package_versions(),
         "rows": splits.sizes(),
         "runs": results,

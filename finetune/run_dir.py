@@ -85,6 +85,11 @@ def save_initial_adapter(run: Path, model) -> Path:
 
 def save_adapter(run: Path, model, tokenizer) -> Path:
     """Save the PEFT adapter and tokenizer into RUN/adapter via a staging folder and a rename."""
+    import torch
+
+    broken = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    if broken:  # the spike guard should make this impossible; never write such an adapter anyway
+        raise RuntimeError(f"refusing to save an adapter with non-finite weights ({broken[0]}, ...)")
     target = run / ADAPTER
     initial = run / INITIAL_ADAPTER
     convert = {"path_initial_model_for_weight_conversion": str(initial)} if initial.is_dir() else {}

@@ -126,3 +126,16 @@ def test_hub_token_never_reaches_the_run_directory(tmp_path, write_recipe, monke
     run = train_run(tmp_path / "run", write_recipe({"train": {"max_steps": 2, "eval_steps": 2}}))
     leaked = [p for p in run.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert leaked == []
+
+
+def test_an_adapter_with_non_finite_weights_is_never_saved(tmp_path, tiny_model_path, write_recipe):
+    import torch
+
+    from finetune import modeling, run_dir
+    from finetune.config import load_recipe
+
+    model = modeling.load_for_training(str(tiny_model_path), load_recipe(write_recipe()), torch.device("cpu"), torch.float32)
+    next(p for p in model.parameters() if p.requires_grad).data[0, 0] = float("nan")
+    with pytest.raises(RuntimeError, match="non-finite"):
+        run_dir.save_adapter(tmp_path, model, None)
+    assert not (tmp_path / "adapter").exists()
