@@ -10,8 +10,13 @@ away. With a mix of short and long answers most of a random batch is padding. Th
            in training (transformers 5 turns the restarting position ids into a block-diagonal
            mask when there is no cache) but attend over the whole flattened micro-batch:
            (micro_batch x max_length)^2 work, mostly masked out. So packing needs flash-attn.
-  grouped  transformers' length-grouped sampler: random mega-batches, sorted by length inside, so a
-           micro-batch holds examples of similar length and pads little. Works with every kernel.
+  grouped  transformers' BatchRebalanceSampler: each optimizer step gets the same random examples
+           as plain random batches, sorted by length into its micro-batches (their sizes vary so
+           each costs about the same), so a micro-batch pads little. The loss is that of random
+           batches (gradients are summed over the step, token-weighted); only padding goes away.
+           We prefer it to "group_by_length", which sorts mega-batches of up to 50 steps: faster
+           still, but consecutive steps then see similar lengths, which shifts the loss curve and
+           could look like spikes to the spike guard (docs/throughput.md). Works with every kernel.
   padded   plain random batches (data.packing: off).
 
 Nothing here loads a model: the decision is a pure function of the recipe (and whether flash-attn
@@ -62,7 +67,7 @@ def sft_kwargs(mode: str) -> dict[str, Any]:
         return {"packing": True, "packing_strategy": "bfd", "padding_free": True}
     if mode == "grouped":
         # Lengths are read from input_ids by the sampler (one pass over the split, ~20 us per row).
-        return {"packing": False, "train_sampling_strategy": "group_by_length"}
+        return {"packing": False, "train_sampling_strategy": "batch_rebalance"}
     if mode == "padded":
         return {"packing": False, "train_sampling_strategy": "random"}
     raise ValueError(f"unknown batching mode {mode!r}")

@@ -115,7 +115,7 @@ def train(
     """
     from transformers import EarlyStoppingCallback, PrinterCallback, set_seed
 
-    from finetune import modeling
+    from finetune import batching, modeling
     from finetune.callbacks import RichProgress
     from finetune.checkpoints import MarkComplete, StopOnSignal, check_resumable
     from finetune.spike_guard import SpikeGuard
@@ -135,6 +135,7 @@ def train(
     notes = check_special_tokens(tokenizer)
     ensure_chat_template(tokenizer, recipe.data.chat_template)
     datasets, reports = _tokenize(splits, tokenizer, recipe)
+    plan = batching.plan_for(recipe, plan, datasets["train"])  # packing changes the number of sequences
     timings["data_s"] = time.perf_counter() - started
     notes += _leak_notes(splits)
     for note in notes + warnings_for(recipe) + _report_notes(reports, recipe.data.max_length):

@@ -58,7 +58,7 @@ def _config(r, tmp_path):
 
 def test_sft_config_carries_the_mode(tmp_path, monkeypatch):
     grouped = _config(recipe("auto", "sdpa"), tmp_path)
-    assert grouped.train_sampling_strategy == "group_by_length" and not grouped.packing and not grouped.padding_free
+    assert grouped.train_sampling_strategy == "batch_rebalance" and not grouped.packing and not grouped.padding_free
     padded = _config(recipe("off"), tmp_path)
     assert padded.train_sampling_strategy == "random" and not padded.packing and not padded.padding_free
     monkeypatch.setattr(batching, "flash_attn_installed", lambda: True)
@@ -91,11 +91,11 @@ def test_packed_plan_counts_packed_sequences(monkeypatch):
     assert (packed.train_rows, packed.total_steps, packed.validation_rows, packed.test_rows) == (3, 3, 2, 1)
 
 
-def test_grouped_mode_reaches_the_length_grouped_sampler(tiny_model_path, tiny_tokenizer, tmp_path):
-    """Guards the transformers option name: the trainer really builds a LengthGroupedSampler."""
+def test_grouped_mode_reaches_the_rebalancing_sampler(tiny_model_path, tiny_tokenizer, tmp_path):
+    """Guards the transformers option name: the trainer really builds a BatchRebalanceSampler."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
-    from transformers.trainer_pt_utils import LengthGroupedSampler
+    from transformers.trainer_pt_utils import BatchRebalanceSampler
     from trl import SFTTrainer
 
     rows = Dataset.from_dict({"input_ids": [[5, 6, 7][: 1 + i % 3] for i in range(16)],
@@ -107,4 +107,4 @@ def test_grouped_mode_reaches_the_length_grouped_sampler(tiny_model_path, tiny_t
         eval_dataset=rows,
         processing_class=tiny_tokenizer,
     )
-    assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
+    assert isinstance(trainer._get_train_sampler(), BatchRebalanceSampler)
