@@ -95,14 +95,14 @@ def step_timer():
 def run_finetune(model_dir: Path, data: Path, work: Path, packing: str = "auto") -> dict:
     from rich.console import Console
 
-    from finetune import training
+    from finetune import trainer_setup, training
     from finetune.batching import batching_mode
     from finetune.config import validate_recipe
 
     recipe = validate_recipe({"model": {"name": str(model_dir)}, "data": {"path": str(data), "packing": packing},
                               "train": {"epochs": 1}})
     timer, seen = step_timer(), {}
-    make_class = training._trainer_class
+    make_class = trainer_setup.trainer_class
 
     def instrumented():  # the benchmark's only hook: time the steps and keep the trainer to read its counts
         base = make_class()
@@ -115,13 +115,13 @@ def run_finetune(model_dir: Path, data: Path, work: Path, packing: str = "auto")
 
         return Timed
 
-    training._trainer_class = instrumented
+    trainer_setup.trainer_class = instrumented
     try:
         start = time.perf_counter()
         metrics = training.train(recipe, work / f"run-{packing}", Console(file=io.StringIO()), progress=False)
         wall = time.perf_counter() - start
     finally:
-        training._trainer_class = make_class
+        trainer_setup.trainer_class = make_class
     trainer = seen["trainer"]
     return {"mode": batching_mode(recipe), "trainer": trainer, "tokens": trainer._total_train_tokens,
             "step_s": timer.seconds, "train_s": metrics["timings"]["train_s"], "wall_s": wall,

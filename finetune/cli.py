@@ -248,7 +248,6 @@ def vram_estimate(
     Example: finetune vram-estimate --model meta-llama/Llama-3.2-1B --batch-size 4 --seq-len 2048 --gpu T4
     """
     import dataclasses
-    import json
 
     from finetune import vram
     from finetune.architectures import load_spec

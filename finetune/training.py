@@ -115,7 +115,7 @@ def train(
     """
     from transformers import EarlyStoppingCallback, PrinterCallback, set_seed
 
-    from finetune import batching, modeling
+    from finetune import batching, modeling, trainer_setup
     from finetune.callbacks import RichProgress
     from finetune.checkpoints import MarkComplete, StopOnSignal, check_resumable
     from finetune.spike_guard import SpikeGuard
@@ -167,9 +167,9 @@ def train(
     timings["model_load_s"] = time.perf_counter() - t0
 
     # Trainer: evaluation and checkpoints share one interval, so the best checkpoint always exists.
-    trainer = _trainer_class()(
+    trainer = trainer_setup.trainer_class()(
         model=model,
-        args=sft_config(recipe, plan, run, dtype, device),
+        args=trainer_setup.sft_config(recipe, plan, run, dtype, device),
         train_dataset=datasets["train"],
         eval_dataset=datasets["validation"],
         processing_class=tokenizer,
@@ -263,34 +263,6 @@ class Stopped(Exception):
         self.resumable = resumable
 
 
-def _trainer_class():
-    """SFTTrainer, reporting each micro-batch loss to the spike guard (the only thing it cannot see)."""
-    from trl import SFTTrainer
-
-    class FinetuneTrainer(SFTTrainer):
-        spike_guard = None
-
-        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-            # The trainer would call peft's `load_adapter`, which rebuilds the adapter and (peft 0.21)
-            # changes the next gradients by ~2e-3 relative although every weight is equal. Loading the
-            # weights into the adapter already in memory makes a resumed run match an uninterrupted one.
-            from peft import set_peft_model_state_dict
-            from safetensors.torch import load_file
-
-            weights = load_file(Path(resume_from_checkpoint) / "adapter_model.safetensors")
-            result = set_peft_model_state_dict(model or self.model, weights)
-            if result.unexpected_keys:
-                raise UserError(f"{resume_from_checkpoint}: the adapter does not match this recipe's LoRA settings")
-
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            loss = super().training_step(model, inputs, num_items_in_batch)
-            if self.spike_guard is not None:
-                self.spike_guard.observe_loss(loss)
-            return loss
-
-    return FinetuneTrainer
-
-
 def _results(trainer, plan: Plan, stopper, recipe: Recipe, events: list[dict[str, Any]]) -> dict[str, Any]:
     from finetune.callbacks import loss_history
 
@@ -369,56 +341,6 @@ def _report_notes(reports, max_length: int) -> list[str]:
         if report.dropped_no_target:
             notes.append(f"{report.dropped_no_target} {name} examples had no answer token left after truncation and were dropped")
     return notes
-
-
-def sft_config(recipe: Recipe, plan: Plan, run: Path, dtype, device):
-    """recipe.train + early_stopping -> TRL's SFTConfig (a transformers TrainingArguments)."""
-    import torch
-    from trl import SFTConfig
-
-    from finetune import batching
-
-    t = recipe.train
-    if "tensorboard" in t.report_to:  # transformers 5 reads the TensorBoard folder from the environment
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run / "tb")
-    return SFTConfig(
-        output_dir=str(run / "checkpoints"),
-        num_train_epochs=t.epochs,
-        max_steps=plan.total_steps,
-        per_device_train_batch_size=t.micro_batch_size,
-        per_device_eval_batch_size=t.eval_batch_size or t.micro_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,  # a float below 1 is a fraction of the total steps
-        optim=t.optimizer,
-        optim_args=f"momentum={t.momentum}" if t.optimizer == "sgd" else None,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        seed=t.seed,
-        data_seed=t.seed,
-        bf16=device.type == "cuda" and dtype == torch.bfloat16,
-        fp16=device.type == "cuda" and dtype == torch.float16,
-        use_cpu=device.type == "cpu",
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        eval_strategy="steps",
-        eval_steps=plan.eval_steps,
-        save_strategy="steps",
-        save_steps=plan.eval_steps,
-        save_total_limit=recipe.output.save_total_limit,
-        load_best_model_at_end=True,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        logging_steps=min(t.logging_steps, plan.eval_steps),
-        report_to=list(t.report_to) or "none",
-        disable_tqdm=True,
-        max_length=recipe.data.max_length,
-        dataset_num_proc=None,
-        ddp_find_unused_parameters=False,
-        # packed (flash-attention), length-grouped or padded micro-batches: see batching.py
-        **batching.sft_kwargs(batching.batching_mode(recipe)),
-    )
 
 
 def package_versions() -> dict[str, str]:

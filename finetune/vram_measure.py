@@ -26,7 +26,8 @@ def measure(recipe: Recipe) -> dict[str, Any]:
 
     from finetune import modeling
     from finetune.tokenization import check_special_tokens
-    from finetune.training import Plan, sft_config
+    from finetune.trainer_setup import sft_config
+    from finetune.training import Plan
 
     device = modeling.device_for_this_process()
     if device.type != "cuda":

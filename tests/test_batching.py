@@ -7,7 +7,8 @@ import pytest
 from finetune import batching
 from finetune.config import validate_recipe
 from finetune.errors import UserError
-from finetune.training import Plan, sft_config
+from finetune.trainer_setup import sft_config
+from finetune.training import Plan
 
 
 def recipe(packing: str = "auto", attn: str = "sdpa", **data):

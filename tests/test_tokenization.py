@@ -1,5 +1,3 @@
-import pytest
-
 from finetune.data import Example
 from finetune.tokenization import IGNORE, check_special_tokens, encode, encode_split, render_pieces
 

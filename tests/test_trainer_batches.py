@@ -8,7 +8,8 @@ from finetune import modeling
 from finetune.config import load_recipe
 from finetune.data import load_splits
 from finetune.tokenization import IGNORE, check_special_tokens, ensure_chat_template
-from finetune.training import _tokenize, _trainer_class, make_plan, sft_config
+from finetune.trainer_setup import sft_config, trainer_class
+from finetune.training import _tokenize, make_plan
 
 
 def test_collated_batches_keep_the_prompt_masked(write_recipe, tmp_path):
@@ -21,7 +22,7 @@ def test_collated_batches_keep_the_prompt_masked(write_recipe, tmp_path):
     datasets, _ = _tokenize(splits, tokenizer, recipe)
     model = modeling.load_for_training(path, recipe, torch.device("cpu"), torch.float32)
     args = sft_config(recipe, make_plan(recipe, splits), Path(tmp_path), torch.float32, torch.device("cpu"))
-    trainer = _trainer_class()(model=model, args=args, train_dataset=datasets["train"],
+    trainer = trainer_class()(model=model, args=args, train_dataset=datasets["train"],
                                eval_dataset=datasets["validation"], processing_class=tokenizer)  # fmt: skip
     batch = next(iter(trainer.get_train_dataloader()))
     assistant = tokenizer("### Assistant:\n", add_special_tokens=False)["input_ids"]

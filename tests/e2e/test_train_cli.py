@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from finetune.cli import app
-from tests.conftest import ROOT, write_jsonl
+from tests.conftest import write_jsonl
 
 runner = CliRunner()
 
@@ -83,7 +83,8 @@ def test_adapter_reloads_with_plain_peft_and_reproduces_the_validation_loss(quic
     validation = load_splits(recipe.data).validation
     columns, _ = encode_split(validation, tokenizer, recipe.data.max_length, True)
 
-    from finetune.training import make_plan, sft_config
+    from finetune.trainer_setup import sft_config
+    from finetune.training import make_plan
 
     plan = make_plan(recipe, load_splits(recipe.data))
     args = sft_config(recipe, plan, quickstart_run / "reeval", torch.float32, torch.device("cpu"))
