@@ -136,8 +136,8 @@ def train(
     """
     from finetune.config import load_recipe
     from finetune.data import load_splits
-    from finetune.launch import is_main_process, relaunch, under_torchrun
-    from finetune.training import make_plan, warnings_for, world_size
+    from finetune.launch import is_main_process, relaunch, under_torchrun, world_size
+    from finetune.training import make_plan, warnings_for
 
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; choose one")

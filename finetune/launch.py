@@ -25,6 +25,10 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def all_ranks_max(value: float, device) -> float:
     """The largest `value` over all processes (itself when not distributed): ranks must agree to
     skip a step or to stop, or DDP replicas drift apart or deadlock in the next collective."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -21,6 +20,7 @@ from finetune import run_dir
 from finetune.config import Recipe
 from finetune.data import Splits, load_splits
 from finetune.errors import UserError
+from finetune.launch import is_main_process, world_size
 
 PACKAGES = ("finetune", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate")
 
@@ -64,10 +64,6 @@ def warnings_for(recipe: Recipe) -> list[str]:
     if recipe.train.epochs > 3 and recipe.train.max_steps is None:
         notes.append(f"train.epochs is {recipe.train.epochs:g}: above 3 epochs LoRA fine-tunes usually overfit")
     return notes
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def preflight(recipe: Recipe, model_path: str, console: Console, force: bool) -> None:
@@ -149,7 +145,7 @@ def train(
         checkpoint = check_resumable(run, fingerprint)
         events += json.loads((checkpoint / "finetune-complete.json").read_text()).get("events", [])
         events.append({"type": "resume", "step": int(checkpoint.name.rsplit("-", 1)[1]), "checkpoint": checkpoint.name})
-    is_main = int(os.environ.get("RANK", "0")) == 0
+    is_main = is_main_process()  # rank 0 alone writes the run directory
     if is_main and not resume:
         run_dir.prepare(run, overwrite)
     if is_main:
