@@ -158,9 +158,12 @@ def train(
         ]  # fmt: skip
         raise typer.Exit(relaunch(nproc, [str(recipe), "-o", str(run), *flags]))
     plan = make_plan(loaded, splits, world_size() if under_torchrun() else nproc)
+    from finetune.batching import batching_mode
+
+    mode = batching_mode(loaded)  # data.packing: on with an unsuitable kernel fails here, before any weight
     if not is_main_process():
         console.quiet = True  # one voice: rank 0 prints the plan, the progress and the summary
-    print_plan(loaded, plan, run)
+    print_plan(loaded, plan, run, mode)
     if dry_run:
         for note in warnings_for(loaded):
             console.print(f"[yellow]note:[/] {note}")
@@ -334,7 +337,7 @@ def select_gpus(name: str | None, memory_gib: float | None) -> dict[str, float]:
 # Output
 
 
-def print_plan(recipe, plan, run: Path) -> None:
+def print_plan(recipe, plan, run: Path, mode: str) -> None:
     quant = "4-bit " + recipe.quant.method.upper() if recipe.quant.method != "none" else "16/32-bit"
     lines = [
         f"[bold]model[/]     {recipe.model.name} ({quant}, LoRA r={recipe.lora.r}, targets {recipe.lora.target_modules})",
@@ -344,6 +347,7 @@ def print_plan(recipe, plan, run: Path) -> None:
         + (f", early stopping patience {recipe.early_stopping.patience}" if recipe.early_stopping.enabled else ""),
         f"[bold]processes[/] {plan.world_size} (micro-batch {recipe.train.micro_batch_size} x accumulation "
         f"{recipe.train.gradient_accumulation} x {plan.world_size} = {plan.effective_batch} examples per step)",
+        f"[bold]batching[/]  {mode}" + (" (step count recomputed after packing)" if mode == "packed" else ""),
         f"[bold]output[/]    {run}",
     ]
     console.print("\n".join(lines))

@@ -219,3 +219,10 @@ def test_cli_top_level_imports_no_heavy_library():
 def test_version_flag():
     result = run_cli("--version")
     assert result.exit_code == 0 and result.output.startswith("finetune ")
+
+
+def test_dry_run_shows_batching_and_refuses_packing_without_flash_attention(tmp_path, write_recipe):
+    result = run_cli("train", write_recipe(), "-o", tmp_path / "run", "--dry-run")
+    assert result.exit_code == 0 and "batching  grouped" in result.output
+    result = run_cli("train", write_recipe({"data": {"packing": "on"}}), "-o", tmp_path / "run", "--dry-run")
+    assert result.exit_code == 2 and "data.packing: on needs" in result.output
