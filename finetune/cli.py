@@ -160,7 +160,10 @@ def train(
     plan = make_plan(loaded, splits, world_size() if under_torchrun() else nproc)
     from finetune.batching import batching_mode
 
+    from finetune.trainer_setup import check_trackers
+
     mode = batching_mode(loaded)  # data.packing: on with an unsuitable kernel fails here, before any weight
+    check_trackers(loaded.train.report_to)
     if not is_main_process():
         console.quiet = True  # one voice: rank 0 prints the plan, the progress and the summary
     print_plan(loaded, plan, run, mode)

@@ -17,6 +17,19 @@ if TYPE_CHECKING:
     from finetune.training import Plan
 
 
+# tracker -> packages that provide it (any one will do)
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
+
+
+def check_trackers(trackers: list[str]) -> None:
+    """A tracker named in train.report_to must be installed, or the trainer fails after loading the model."""
+    import importlib.util
+
+    for tracker in trackers:
+        if not any(importlib.util.find_spec(p) for p in TRACKER_PACKAGES[tracker]):
+            raise UserError(f"train.report_to: {tracker} is not installed; pip install {TRACKER_PACKAGES[tracker][0]}")
+
+
 def sft_config(recipe: Recipe, plan: Plan, run: Path, dtype, device):
     """recipe.train + early_stopping -> TRL's SFTConfig (a transformers TrainingArguments)."""
     import torch
@@ -25,6 +38,7 @@ def sft_config(recipe: Recipe, plan: Plan, run: Path, dtype, device):
     from finetune import batching
 
     t = recipe.train
+    check_trackers(t.report_to)
     if "tensorboard" in t.report_to:  # transformers 5 reads the TensorBoard folder from the environment
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run / "tb")
     return SFTConfig(

@@ -226,3 +226,13 @@ def test_dry_run_shows_batching_and_refuses_packing_without_flash_attention(tmp_
     assert result.exit_code == 0 and "batching  grouped" in result.output
     result = run_cli("train", write_recipe({"data": {"packing": "on"}}), "-o", tmp_path / "run", "--dry-run")
     assert result.exit_code == 2 and "data.packing: on needs" in result.output
+
+
+def test_a_tracker_that_is_not_installed_is_named_before_training(tmp_path, write_recipe):
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow"):
+        pytest.skip("mlflow is installed here")
+    result = run_cli("train", write_recipe({"train": {"report_to": ["mlflow"]}}), "-o", tmp_path / "run")
+    assert result.exit_code == 2 and "train.report_to: mlflow is not installed" in result.output
+    assert not (tmp_path / "run").exists()
