@@ -40,6 +40,7 @@ def load_model(run: TrainedRun):
     from transformers import AutoTokenizer
 
     from finetune import modeling
+    from finetune.tokenization import check_special_tokens
 
     device = modeling.device_for_this_process()
     dtype = modeling.compute_dtype(run.recipe.model.dtype, device)
@@ -49,6 +50,5 @@ def load_model(run: TrainedRun):
     model.eval()
     model.config.use_cache = True
     tokenizer = AutoTokenizer.from_pretrained(run.path / run_dir.ADAPTER)  # carries the training chat template
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    check_special_tokens(tokenizer)  # the same pad choice as in training
     return model, tokenizer
