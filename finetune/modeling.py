@@ -213,7 +213,7 @@ def attach_lora(model, recipe: Recipe):
 
 def load_for_training(path: str, recipe: Recipe, device, dtype, backend: str = "hf"):
     if backend == "unsloth":
-        return load_with_unsloth(path, recipe, dtype)
+        return load_with_unsloth(path, recipe, device, dtype)
     return attach_lora(load_base_model(path, recipe, device, dtype), recipe)
 
 
@@ -221,7 +221,7 @@ def load_for_training(path: str, recipe: Recipe, device, dtype, backend: str = "
 UNSLOTH_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def load_with_unsloth(path: str, recipe: Recipe, dtype):
+def load_with_unsloth(path: str, recipe: Recipe, device, dtype):
     """The same recipe through Unsloth's FastLanguageModel (its kernels and gradient checkpointing)."""
     from unsloth import FastLanguageModel
 
@@ -234,6 +234,7 @@ def load_with_unsloth(path: str, recipe: Recipe, dtype):
         dtype=dtype,
         load_in_4bit=recipe.quant.method != "none",
         trust_remote_code=recipe.model.trust_remote_code,
+        device_map={"": device},  # each torchrun rank on its own GPU (Unsloth's default fills GPU 0 first)
         **({"revision": recipe.model.revision} if recipe.model.revision else {}),
     )
     return FastLanguageModel.get_peft_model(
