@@ -181,7 +181,8 @@ def train(
 
     try:
         metrics = run_training(
-            loaded, run, console, overwrite=overwrite, resume=resume, progress=not quiet, force=force, backend=backend
+            loaded, run, console, overwrite=overwrite, resume=resume, progress=not quiet, force=force, backend=backend,
+            splits=splits,
         )
     except Stopped as stop:
         hint = f"; resume with: finetune train {recipe} -o {run} --resume" if stop.resumable else ""

@@ -8,9 +8,6 @@ saved as safetensors + tokenizer (with the training chat template) + generation 
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from finetune import run_dir
@@ -45,15 +42,8 @@ def merge(run: TrainedRun, out: Path, dtype: str = "bf16", overwrite: bool = Fal
     generation.eos_token_id = tokenizer.eos_token_id
     generation.pad_token_id = tokenizer.pad_token_id
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with run_dir.staged_directory(out) as staging:
         merged.save_pretrained(staging)  # safetensors
         tokenizer.save_pretrained(staging)
         generation.save_pretrained(staging)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -93,16 +94,25 @@ def save_adapter(run: Path, model, tokenizer) -> Path:
     target = run / ADAPTER
     initial = run / INITIAL_ADAPTER
     convert = {"path_initial_model_for_weight_conversion": str(initial)} if initial.is_dir() else {}
-    staging = Path(tempfile.mkdtemp(prefix=".adapter-", dir=run))
-    try:
+    with staged_directory(target) as staging:
         model.save_pretrained(staging, **convert)
         tokenizer.save_pretrained(staging)
+    return target
+
+
+@contextlib.contextmanager
+def staged_directory(target: Path):
+    """Yield a staging folder beside `target`; on success it replaces `target`, on failure it vanishes,
+    so a half-written folder never sits at `target`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield staging
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def read_metrics(run: Path) -> dict[str, Any]:

@@ -104,10 +104,12 @@ def train(
     progress: bool = True,
     force: bool = False,
     backend: str = "hf",
+    splits: Splits | None = None,
 ) -> dict[str, Any]:
     """Fine-tune, keep the best adapter, score the test split, and write the run directory.
 
-    `backend` comes from modeling.choose_backend, called before transformers is imported.
+    `backend` comes from modeling.choose_backend, called before transformers is imported; `splits`
+    are the recipe's data when the caller has already read them (the CLI has, to print the plan).
     """
     from transformers import EarlyStoppingCallback, PrinterCallback, set_seed
 
@@ -123,7 +125,7 @@ def train(
 
     # Data: read, split and tokenize before touching the output folder or loading weights, so
     # bad input fails fast and leaves nothing behind.
-    splits = load_splits(recipe.data)
+    splits = splits or load_splits(recipe.data)
     plan = make_plan(recipe, splits, world_size())
     model_path = modeling.resolve_model_path(recipe.model)
     preflight(recipe, model_path, console, force)
