@@ -48,7 +48,11 @@ def handle_errors(command: Callable) -> Callable:
         except UserError as err:
             if debug:
                 raise
-            typer.echo(f"error: {err}", err=True)
+            from finetune.launch import is_main_process, report_user_error
+
+            if is_main_process():  # under torchrun every rank fails alike: one line is enough
+                typer.echo(f"error: {err}", err=True)
+            report_user_error(str(err))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
@@ -136,7 +140,7 @@ def train(
     """
     from finetune.config import load_recipe
     from finetune.data import load_splits
-    from finetune.launch import is_main_process, relaunch, under_torchrun, world_size
+    from finetune.launch import check_fsdp, is_main_process, relaunch, under_torchrun, world_size
     from finetune.training import make_plan, warnings_for
 
     if resume and overwrite:
@@ -147,6 +151,7 @@ def train(
     run = output or Path(loaded.output.dir or f"runs/{recipe.stem}")
     loaded.output.dir = str(run)
     splits = load_splits(loaded.data)
+    fsdp_note = check_fsdp(loaded.train.fsdp, nproc)
     if nproc > 1 and not under_torchrun() and not dry_run:
         # Recipe, data and model are valid: hand the same command to torchrun, one process per device.
         from finetune.modeling import resolve_model_path
@@ -167,6 +172,8 @@ def train(
     if not is_main_process():
         console.quiet = True  # one voice: rank 0 prints the plan, the progress and the summary
     print_plan(loaded, plan, run, mode)
+    if fsdp_note:
+        console.print(f"[yellow]note:[/] {fsdp_note}")
     if dry_run:
         for note in warnings_for(loaded):
             console.print(f"[yellow]note:[/] {note}")
@@ -349,7 +356,7 @@ def print_plan(recipe, plan, run: Path, mode: str) -> None:
         f"[bold]schedule[/]  {plan.total_steps} steps ({plan.steps_per_epoch}/epoch), batch {plan.effective_batch}, "
         f"validate every {plan.eval_steps} steps"
         + (f", early stopping patience {recipe.early_stopping.patience}" if recipe.early_stopping.enabled else ""),
-        f"[bold]processes[/] {plan.world_size} (micro-batch {recipe.train.micro_batch_size} x accumulation "
+        f"[bold]processes[/] {plan.world_size}{' FSDP' if recipe.train.fsdp and plan.world_size > 1 else ''} (micro-batch {recipe.train.micro_batch_size} x accumulation "
         f"{recipe.train.gradient_accumulation} x {plan.world_size} = {plan.effective_batch} examples per step)",
         f"[bold]batching[/]  {mode}" + (" (step count recomputed after packing)" if mode == "packed" else ""),
         f"[bold]output[/]    {run}",

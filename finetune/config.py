@@ -150,6 +150,9 @@ class TrainSection(Section):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     gradient_checkpointing: bool = Field(True, description="Recompute activations: ~30% slower, far less memory.")
+    fsdp: bool = Field(
+        False, description="With several processes, shard the model over them (FSDP) instead of a copy on each (DDP)."
+    )
     eval_steps: int | Literal["auto"] = Field(
         "auto", description="Evaluate every N optimizer steps; auto = about 5 times per epoch."
     )
@@ -205,6 +208,8 @@ class Recipe(Section):
         # peft initialises PiSSA/OLoRA from an SVD/QR of full-precision weights and refuses a 4-bit base
         if self.lora.init in ("pissa", "olora") and self.quant.method != "none":
             raise ValueError(f"lora.init {self.lora.init} needs a 16/32-bit base: set quant: none (or lora.init: default)")
+        if self.train.fsdp and self.model.backend == "unsloth":
+            raise ValueError("train.fsdp is not supported by the unsloth backend: set model.backend: hf")
         return self
 
     def resolved_dict(self) -> dict[str, Any]:

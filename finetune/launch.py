@@ -13,6 +13,8 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from finetune.errors import UserError
 
@@ -27,6 +29,30 @@ def is_main_process() -> bool:
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+# A worker that stops on bad input writes its one-line message here, so the launching process can
+# exit 2 like a single-process run (torchrun reports any worker failure as exit code 1).
+USER_ERROR_FILE = "FINETUNE_USER_ERROR_FILE"
+
+
+def report_user_error(message: str) -> None:
+    path = os.environ.get(USER_ERROR_FILE)
+    if path and is_main_process():
+        Path(path).write_text(message, encoding="utf-8")
+
+
+def check_fsdp(fsdp: bool, nproc: int) -> str | None:
+    """train.fsdp needs CUDA GPUs (accelerate shards only across GPUs); returns a note when it is moot."""
+    import torch
+
+    if not fsdp:
+        return None
+    if not torch.cuda.is_available():
+        raise UserError("train.fsdp: FSDP shards the model across CUDA GPUs and none is visible; remove train.fsdp")
+    if nproc == 1 and not under_torchrun():
+        return "train.fsdp has no effect in one process; pass --nproc N to shard the model over N GPUs"
+    return None
 
 
 def all_ranks_max(value: float, device) -> float:
@@ -52,7 +78,8 @@ def relaunch(nproc: int, train_args: list[str]) -> int:
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
         "-m", "finetune", "train", *train_args,
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    error_file = Path(tempfile.mkstemp(prefix="finetune-error-")[1])
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), USER_ERROR_FILE: str(error_file)}
     child = subprocess.Popen(command, env=env)
     received: list[int] = []
 
@@ -66,5 +93,8 @@ def relaunch(nproc: int, train_args: list[str]) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    # torchrun reports any worker failure as 1; an interruption keeps its conventional code
-    return 128 + received[0] if received and code != 0 else code
+        user_error = error_file.read_text(encoding="utf-8")
+        error_file.unlink(missing_ok=True)
+    if received and code != 0:  # an interruption keeps its conventional code
+        return 128 + received[0]
+    return 2 if user_error and code != 0 else code

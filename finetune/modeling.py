@@ -9,6 +9,7 @@ from typing import Any
 
 from finetune.config import TINY_MODEL, LoraSection, ModelSection, Recipe
 from finetune.errors import UserError
+from finetune.launch import under_torchrun
 
 log = logging.getLogger("finetune")
 
@@ -136,6 +137,9 @@ def bnb_config(recipe: Recipe, dtype):
         bnb_4bit_quant_type=recipe.quant.method,
         bnb_4bit_use_double_quant=recipe.quant.double_quant,
         bnb_4bit_compute_dtype=dtype,
+        # FSDP shards floating-point tensors of one dtype: store the packed 4-bit weights in the
+        # dtype of the rest of the model (bitsandbytes reads them bytewise whatever the storage)
+        bnb_4bit_quant_storage=dtype if recipe.train.fsdp else None,
     )
 
 
@@ -165,7 +169,9 @@ def load_base_model(path: str, recipe: Recipe, device, dtype, for_training: bool
             revision=recipe.model.revision,
             quantization_config=bnb_config(recipe, dtype),
             dtype=dtype,
-            device_map={"": device},
+            # Under FSDP every rank quantizes on the CPU and FSDP moves only its shard to the GPU, so
+            # a model that does not fit one GPU can still be loaded.
+            device_map={"": "cpu" if recipe.train.fsdp and under_torchrun() else device},
             attn_implementation=recipe.model.attn_implementation,
             trust_remote_code=recipe.model.trust_remote_code,
             use_safetensors=None if recipe.model.allow_pickle else True,  # never unpickle unless allowed
@@ -198,7 +204,7 @@ def attach_lora(model, recipe: Recipe):
 
     checkpointing = recipe.train.gradient_checkpointing
     kwargs = {"use_reentrant": False}  # non-reentrant works with frozen inputs and is the supported path
-    if getattr(model, "is_loaded_in_4bit", False):
+    if getattr(model, "is_loaded_in_4bit", False) and not recipe.train.fsdp:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs=kwargs
         )
@@ -217,10 +223,6 @@ def load_for_training(path: str, recipe: Recipe, device, dtype, backend: str = "
     return attach_lora(load_base_model(path, recipe, device, dtype), recipe)
 
 
-# Unsloth's own list for Llama-style blocks; it takes names, not peft's "all-linear".
-UNSLOTH_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
 def load_with_unsloth(path: str, recipe: Recipe, device, dtype):
     """The same recipe through Unsloth's FastLanguageModel (its kernels and gradient checkpointing)."""
     from unsloth import FastLanguageModel
@@ -228,6 +230,11 @@ def load_with_unsloth(path: str, recipe: Recipe, device, dtype):
     lora = recipe.lora
     if lora.use_dora or lora.init != "default":
         raise UserError("lora.use_dora and lora.init are not supported by the unsloth backend; use model.backend: hf")
+    if recipe.model.attn_implementation != "sdpa":  # Unsloth drops the argument and picks the kernel itself
+        raise UserError(
+            "model.attn_implementation: the unsloth backend chooses the attention kernel itself; "
+            "remove the key or set model.backend: hf"
+        )
     model, _ = FastLanguageModel.from_pretrained(
         model_name=path,
         max_seq_length=recipe.data.max_length,
@@ -242,12 +249,10 @@ def load_with_unsloth(path: str, recipe: Recipe, device, dtype):
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=UNSLOTH_ALL_LINEAR if lora.target_modules == "all-linear" else lora.target_modules,
+        target_modules=lora.target_modules,  # Unsloth resolves "all-linear" as peft does (fused Phi-3 names too)
         bias="none",
         use_gradient_checkpointing="unsloth" if recipe.train.gradient_checkpointing else False,
         use_rslora=lora.use_rslora,
         random_state=recipe.train.seed,
         max_seq_length=recipe.data.max_length,
     )
-
-

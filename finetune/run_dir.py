@@ -84,18 +84,23 @@ def save_initial_adapter(run: Path, model) -> Path:
     return run / INITIAL_ADAPTER
 
 
-def save_adapter(run: Path, model, tokenizer) -> Path:
-    """Save the PEFT adapter and tokenizer into RUN/adapter via a staging folder and a rename."""
-    import torch
+def save_adapter(run: Path, model, tokenizer, state_dict: dict | None = None) -> Path:
+    """Save the PEFT adapter and tokenizer into RUN/adapter via a staging folder and a rename.
 
-    broken = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    `state_dict`: the full model weights gathered from FSDP shards (None: read them off `model`).
+    """
+    import torch
+    from peft import get_peft_model_state_dict
+
+    adapter = get_peft_model_state_dict(model, state_dict=state_dict)
+    broken = [name for name, tensor in adapter.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
     if broken:  # the spike guard should make this impossible; never write such an adapter anyway
         raise RuntimeError(f"refusing to save an adapter with non-finite weights ({broken[0]}, ...)")
     target = run / ADAPTER
     initial = run / INITIAL_ADAPTER
     convert = {"path_initial_model_for_weight_conversion": str(initial)} if initial.is_dir() else {}
     with staged_directory(target) as staging:
-        model.save_pretrained(staging, **convert)
+        model.save_pretrained(staging, state_dict=state_dict, **convert)
         tokenizer.save_pretrained(staging)
     return target
 

@@ -30,6 +30,17 @@ def check_trackers(trackers: list[str]) -> None:
             raise UserError(f"train.report_to: {tracker} is not installed; pip install {TRACKER_PACKAGES[tracker][0]}")
 
 
+def check_loss_kernel() -> None:
+    """TRL 1.15 computes the SFT loss with a Triton kernel and has no fallback (1.16 adds one in torch):
+    without Triton (no CUDA GPU) it would fail at the first step, after loading the model."""
+    from importlib.metadata import version
+
+    from trl.trainer import utils
+
+    if getattr(utils, "_ChunkedLogProbFunction", True) is None:
+        raise UserError(f"trl {version('trl')} needs Triton (a CUDA GPU) for its SFT loss: pip install 'trl>=1.16'")
+
+
 def sft_config(recipe: Recipe, plan: Plan, run: Path, dtype, device):
     """recipe.train + early_stopping -> TRL's SFTConfig (a transformers TrainingArguments)."""
     import torch
@@ -76,9 +87,23 @@ def sft_config(recipe: Recipe, plan: Plan, run: Path, dtype, device):
         max_length=recipe.data.max_length,
         dataset_num_proc=None,
         ddp_find_unused_parameters=False,
+        **fsdp_kwargs(t.fsdp),
         # packed (flash-attention), length-grouped or padded micro-batches: see batching.py
         **batching.sft_kwargs(batching.batching_mode(recipe)),
     )
+
+
+def fsdp_kwargs(enabled: bool) -> dict:
+    """FSDP over the decoder layers, version 1: its flat parameters keep bitsandbytes' packed 4-bit
+    weights intact (FSDP2 turns Params4bit into plain tensors, accelerate#3874). Transformers adds
+    peft's wrap policy (each LoRA layer in a unit of its own: they stay fp32) and the quant-storage
+    mixed precision (update_fsdp_plugin_peft)."""
+    if not enabled:
+        return {}
+    return {
+        "fsdp": "full_shard auto_wrap",
+        "fsdp_config": {"version": 1, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "use_orig_params": False},
+    }
 
 
 def trainer_class():
@@ -92,6 +117,9 @@ def trainer_class():
             # The trainer would call peft's `load_adapter`, which rebuilds the adapter and (peft 0.21)
             # changes the next gradients by ~2e-3 relative although every weight is equal. Loading the
             # weights into the adapter already in memory makes a resumed run match an uninterrupted one.
+            # Under FSDP each rank holds shards: the trainer's own FSDP loader places them.
+            if self.is_fsdp_enabled:
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
             from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
 

@@ -22,7 +22,7 @@ from finetune.data import Splits, load_splits
 from finetune.errors import UserError
 from finetune.launch import is_main_process, world_size
 
-PACKAGES = ("finetune", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate")
+PACKAGES = ("finetune", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "unsloth")
 
 
 @dataclass
@@ -121,6 +121,7 @@ def train(
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
+    trainer_setup.check_loss_kernel()
     set_seed(recipe.train.seed)
 
     # Data: read, split and tokenize before touching the output folder or loading weights, so
@@ -211,10 +212,12 @@ def train(
             f"(see {run / 'metrics.partial.json'} events); lower train.learning_rate or check the data",
         )
 
+    # The trainer has reloaded the best checkpoint (load_best_model_at_end): that is the adapter we
+    # keep. Saved before the test scoring, so a failure there cannot cost the adapter. Under FSDP
+    # every rank takes part in gathering the full weights; rank 0 writes them.
+    gathered = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
     if is_main:
-        # The trainer has reloaded the best checkpoint (load_best_model_at_end): that is the adapter we
-        # keep. Saved before the test scoring, so a failure there cannot cost the adapter.
-        run_dir.save_adapter(run, trainer.model, tokenizer)
+        run_dir.save_adapter(run, trainer.accelerator.unwrap_model(trainer.model), tokenizer, state_dict=gathered)
     trainer.optimizer = None  # its states are not needed any more; free them before scoring
     if datasets.get("test") is not None:
         # Scored by the same function as `finetune eval` (token-weighted mean over answer tokens), so

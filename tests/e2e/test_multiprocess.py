@@ -32,3 +32,12 @@ def test_two_processes_train_one_run_with_half_the_steps(tmp_path):
 def test_nproc_must_be_positive(tmp_path):
     result = CliRunner().invoke(app, ["train", str(QUICK), "-o", str(tmp_path / "r"), "--nproc", "0"])
     assert result.exit_code == 2 and "--nproc must be at least 1" in result.output
+
+
+def test_bad_input_found_by_the_workers_exits_2(tmp_path, capfd):
+    """A UserError raised inside the torchrun workers (here: nothing to resume) is exit 2, said once."""
+    from finetune.launch import relaunch
+
+    code = relaunch(2, [str(QUICK), "-o", str(tmp_path / "none"), "--resume", "-q"])
+    assert code == 2
+    assert capfd.readouterr().err.count("no complete checkpoint to resume from") == 1

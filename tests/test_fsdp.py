@@ -1,0 +1,60 @@
+"""train.fsdp: what can be checked without CUDA GPUs (accelerate shards across GPUs only).
+
+The sharded run itself is in scripts/gpu_check.sh; docs/multi-gpu.md has its result.
+"""
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from finetune.cli import app
+from finetune.config import load_recipe
+from tests.conftest import ROOT
+
+QUICK = ROOT / "recipes" / "quickstart.yaml"
+
+
+def test_fsdp_stores_4bit_weights_in_the_model_dtype_and_keeps_one_dtype(tiny_model_path):
+    """FSDP flattens tensors of one dtype: the packed NF4 weights and every other frozen weight must share
+    the compute dtype (no fp32 upcast of norms); only the LoRA weights stay fp32, wrapped apart by peft."""
+    from finetune.modeling import attach_lora, bnb_config, load_base_model
+
+    plain = load_recipe(QUICK, ["model.dtype=bf16"])
+    sharded = load_recipe(QUICK, ["model.dtype=bf16", "train.fsdp=true"])
+    assert bnb_config(plain, torch.bfloat16).bnb_4bit_quant_storage == torch.uint8
+    assert bnb_config(sharded, torch.bfloat16).bnb_4bit_quant_storage == torch.bfloat16
+
+    model = attach_lora(load_base_model(str(tiny_model_path), sharded, torch.device("cpu"), torch.bfloat16), sharded)
+    frozen = {p.dtype for n, p in model.named_parameters() if "lora_" not in n}
+    assert frozen == {torch.bfloat16}
+    assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.float32}
+
+    # Without FSDP, peft's k-bit preparation upcasts the norms to fp32 (and the packed weights are uint8).
+    model = attach_lora(load_base_model(str(tiny_model_path), plain, torch.device("cpu"), torch.bfloat16), plain)
+    assert {torch.uint8, torch.float32} <= {p.dtype for n, p in model.named_parameters() if "lora_" not in n}
+
+
+def test_fsdp_settings_reach_the_trainer(tmp_path):
+    from finetune.trainer_setup import fsdp_kwargs
+
+    from trl import SFTConfig
+
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", **fsdp_kwargs(True))
+    plugin = args.fsdp_plugin_args
+    assert plugin["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    # version 1 with flat parameters: FSDP2 would turn the packed Params4bit weights into plain tensors
+    assert plugin["fsdp_version"] == 1 and plugin["use_orig_params"] is False
+    assert SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", **fsdp_kwargs(False)).fsdp_plugin_args is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_fsdp_without_a_gpu_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(app, ["train", str(QUICK), "-o", str(tmp_path / "r"), "--set", "train.fsdp=true"])
+    assert result.exit_code == 2, result.output
+    assert "train.fsdp: FSDP shards the model across CUDA GPUs" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_fsdp_with_the_unsloth_backend_is_refused(tmp_path):
+    result = CliRunner().invoke(app, ["validate", str(QUICK), "--set", "train.fsdp=true", "--set", "model.backend=unsloth"])
+    assert result.exit_code == 2 and "train.fsdp is not supported by the unsloth backend" in result.output
