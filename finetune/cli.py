@@ -140,7 +140,7 @@ def train(
     """
     from finetune.config import load_recipe
     from finetune.data import load_splits
-    from finetune.launch import check_fsdp, is_main_process, relaunch, under_torchrun, world_size
+    from finetune.launch import check_fsdp, finish, is_main_process, relaunch, under_torchrun, world_size
     from finetune.training import make_plan, warnings_for
 
     if resume and overwrite:
@@ -195,6 +195,8 @@ def train(
         hint = f"; resume with: finetune train {recipe} -o {run} --resume" if stop.resumable else ""
         typer.echo(f"stopped: {stop}{hint}", err=True)
         raise typer.Exit(stop.exit_code) from None
+    finally:
+        finish()
     if is_main_process():
         print_summary(metrics, run)
 

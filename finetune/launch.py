@@ -58,14 +58,30 @@ def check_fsdp(fsdp: bool, nproc: int) -> str | None:
 def all_ranks_max(value: float, device) -> float:
     """The largest `value` over all processes (itself when not distributed): ranks must agree to
     skip a step or to stop, or DDP replicas drift apart or deadlock in the next collective."""
+    return _all_reduce(value, device, "max")
+
+
+def all_ranks_sum(value, device) -> int:
+    """The sum of a count (an int or a 0-d tensor) over all processes."""
+    return int(_all_reduce(value, device, "sum"))
+
+
+def _all_reduce(value, device, op: str) -> float:
     import torch
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    tensor = torch.as_tensor(value, dtype=torch.float64, device=device).reshape(1)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op={"max": dist.ReduceOp.MAX, "sum": dist.ReduceOp.SUM}[op])
     return float(tensor.item())
+
+
+def finish() -> None:
+    """Leave the process group cleanly (NCCL warns about leaked resources otherwise)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def relaunch(nproc: int, train_args: list[str]) -> int:

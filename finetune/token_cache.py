@@ -8,7 +8,9 @@ concurrent run never leaves half an entry). The key is a sha256 over everything 
 on: the data hash, the split's examples, the tokenizer (its full backend definition and special
 tokens), the chat template, max_length, completion_only_loss, the code of tokenization.py and the
 library versions. Any change gives a new key; an unreadable file counts as a miss and is rewritten.
-Old entries are never deleted automatically (`rm -r $FINETUNE_HOME/token-cache` is always safe).
+After each write the least recently used entries are deleted until the folder is under
+$FINETUNE_TOKEN_CACHE_GB (default 5; a hit counts as a use). `rm -r $FINETUNE_HOME/token-cache` is
+always safe.
 
 Large splits are tokenised by several forked processes (PARALLEL_MIN_ROWS below, measured).
 """
@@ -36,6 +38,7 @@ REPORT_KEY = b"finetune.encoding_report"
 # 1.61x at 20,000; on cores busy with other work they are ~15% slower instead. See docs/design.md.
 PARALLEL_MIN_ROWS = 2000
 MAX_WORKERS = 8
+DEFAULT_MAX_GB = 5.0  # ~4 GB holds 1M rows of 1,000 tokens; few users tokenise more than that and keep it
 
 
 def cache_dir_default() -> Path:
@@ -57,13 +60,46 @@ def cached_encode(
     path = directory / f"{cache_key(examples, tokenizer, max_length, completion_only_loss, data_hash)}.parquet"
     hit = _read(path)
     if hit is not None:
+        _touch(path)  # recently used: pruned last
         return hit
     columns, report = encode_parallel(examples, tokenizer, max_length, completion_only_loss)
     try:
         _write(path, columns, report)
+        prune(directory, keep=path)
     except OSError:  # a read-only or full disk costs the cache, not the run
         pass
     return columns, report
+
+
+def prune(directory: Path, keep: Path | None = None, max_bytes: int | None = None) -> list[Path]:
+    """Delete the least recently used entries until the folder fits max_bytes; returns what was deleted."""
+    if max_bytes is None:
+        max_bytes = int(float(os.environ.get("FINETUNE_TOKEN_CACHE_GB", DEFAULT_MAX_GB)) * 1e9)
+    entries = []
+    for entry in directory.glob("*.parquet"):
+        try:
+            stat = entry.stat()
+        except FileNotFoundError:  # pruned by a concurrent run
+            continue
+        entries.append((stat.st_mtime, stat.st_size, entry))
+    total = sum(size for _, size, _ in entries)
+    deleted = []
+    for _, size, entry in sorted(entries, key=lambda e: e[0]):  # oldest use first
+        if total <= max_bytes:
+            break
+        if entry == keep:  # the entry this run just wrote stays, however large
+            continue
+        entry.unlink(missing_ok=True)
+        total -= size
+        deleted.append(entry)
+    return deleted
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:  # read-only cache: still usable, just not reordered
+        pass
 
 
 # --------------------------------------------------------------------------------------------

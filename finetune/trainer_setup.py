@@ -112,6 +112,7 @@ def trainer_class():
 
     class FinetuneTrainer(SFTTrainer):
         spike_guard = None
+        trained_tokens = 0  # non-padding tokens this process trained on since it started (a tensor once counted)
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             # The trainer would call peft's `load_adapter`, which rebuilds the adapter and (peft 0.21)
@@ -129,6 +130,10 @@ def trainer_class():
                 raise UserError(f"{resume_from_checkpoint}: the adapter does not match this recipe's LoRA settings")
 
         def training_step(self, model, inputs, num_items_in_batch=None):
+            # Counted here rather than read from TRL's num_tokens: Unsloth's trainer does not log it, and
+            # after a resume it includes the tokens of the interrupted process. Stays on the device: no sync.
+            mask = inputs.get("attention_mask")
+            self.trained_tokens += mask.sum() if mask is not None else inputs["input_ids"].numel()  # packed: no padding
             loss = super().training_step(model, inputs, num_items_in_batch)
             if self.spike_guard is not None:
                 self.spike_guard.observe_loss(loss)

@@ -24,8 +24,9 @@ NF4_CODE_BYTES = 16 * 4  # get_4bit_type(): the 16-entry fp32 code table, one pe
 NESTED_CODE_BYTES = 256 * 4  # create_dynamic_map(): 256 fp32 entries, copied into every nested QuantState (copy=True)
 OFFSET_BYTES = 4  # QuantState.offset: the fp32 mean subtracted from absmax before nesting
 
-# TRL 1.16 trl/trainer/utils.py + trl/kernels/chunked_logprob.py: the fused LM head projects tiles of
-# [TOKEN_CHUNK_SIZE tokens, _CHUNKED_LOGPROB_CHUNK_SIZE vocabulary columns] into one reused buffer (mm_buf).
+# TRL 1.15/1.16 trl/trainer/utils.py + trl/kernels/chunked_logprob.py (same constants in both): the fused LM
+# head projects tiles of [TOKEN_CHUNK_SIZE tokens, _CHUNKED_LOGPROB_CHUNK_SIZE vocabulary columns] into one
+# reused buffer (mm_buf).
 TRL_VOCAB_CHUNK = 32768
 TRL_TOKEN_CHUNK = 4096
 

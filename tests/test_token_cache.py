@@ -89,3 +89,25 @@ def test_parallel_encoding_equals_one_process(tiny_tokenizer):
     columns, report = token_cache.encode_parallel(examples, tiny_tokenizer, 48, True, workers=3)
     assert columns == serial_columns
     assert report == serial_report
+
+
+def test_least_recently_used_entries_are_pruned_above_the_size_cap(tiny_tokenizer, tmp_path, calls, monkeypatch):
+    import os
+
+    encode(tiny_tokenizer, tmp_path, data_hash="old")
+    encode(tiny_tokenizer, tmp_path, data_hash="used")
+    old, used = sorted(tmp_path.glob("*.parquet"), key=lambda p: p.stat().st_mtime)
+    os.utime(old, (1, 1))
+    os.utime(used, (2, 2))
+    encode(tiny_tokenizer, tmp_path, data_hash="used")  # a hit: now the most recently used
+    assert used.stat().st_mtime > 2 and calls["n"] == 2
+
+    # A cap of two entries' worth: writing a third deletes the least recently used one only.
+    monkeypatch.setenv("FINETUNE_TOKEN_CACHE_GB", str(2.5 * used.stat().st_size / 1e9))
+    encode(tiny_tokenizer, tmp_path, data_hash="new")
+    assert not old.exists() and used.exists() and len(list(tmp_path.glob("*.parquet"))) == 2
+
+    # The entry just written is kept even when it alone exceeds the cap.
+    monkeypatch.setenv("FINETUNE_TOKEN_CACHE_GB", "0")
+    encode(tiny_tokenizer, tmp_path, data_hash="newest")
+    assert len(list(tmp_path.glob("*.parquet"))) == 1

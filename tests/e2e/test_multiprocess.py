@@ -22,6 +22,9 @@ def test_two_processes_train_one_run_with_half_the_steps(tmp_path):
     # The same recipe on one process takes twice the steps (each rank sees half of every global batch).
     single = json.loads((train_run(tmp_path / "single", QUICK, "train.epochs=1") / "metrics.json").read_text())
     assert single["global_step"] == 2 * ddp["global_step"] == 40
+    # Both saw the training split once: the token count is summed over the ranks (the sampler repeats
+    # one example to split 315 evenly, hence not exactly equal).
+    assert ddp["throughput"]["train_tokens"] == pytest.approx(single["throughput"]["train_tokens"], rel=1e-2)
     # With the same global batch (8 x 2 accumulation on one process), the validation loss is close.
     same_batch = train_run(tmp_path / "same", QUICK, "train.epochs=1", "train.gradient_accumulation=2")
     reference = json.loads((same_batch / "metrics.json").read_text())
