@@ -151,7 +151,7 @@ def train(
     run = output or Path(loaded.output.dir or f"runs/{recipe.stem}")
     loaded.output.dir = str(run)
     splits = load_splits(loaded.data)
-    fsdp_note = check_fsdp(loaded.train.fsdp, nproc)
+    fsdp_note = check_fsdp(loaded.train.fsdp, nproc, resume)
     if nproc > 1 and not under_torchrun() and not dry_run:
         # Recipe, data and model are valid: hand the same command to torchrun, one process per device.
         from finetune.modeling import resolve_model_path

@@ -42,7 +42,7 @@ def report_user_error(message: str) -> None:
         Path(path).write_text(message, encoding="utf-8")
 
 
-def check_fsdp(fsdp: bool, nproc: int) -> str | None:
+def check_fsdp(fsdp: bool, nproc: int, resume: bool) -> str | None:
     """train.fsdp needs CUDA GPUs (accelerate shards only across GPUs); returns a note when it is moot."""
     import torch
 
@@ -50,6 +50,8 @@ def check_fsdp(fsdp: bool, nproc: int) -> str | None:
         return None
     if not torch.cuda.is_available():
         raise UserError("train.fsdp: FSDP shards the model across CUDA GPUs and none is visible; remove train.fsdp")
+    if resume:  # measured: the trainer's FSDP checkpoint loading made the resumed run diverge (docs/multi-gpu.md)
+        raise UserError("--resume: train.fsdp runs cannot be resumed yet; start the run over with --overwrite")
     if nproc == 1 and not under_torchrun():
         return "train.fsdp has no effect in one process; pass --nproc N to shard the model over N GPUs"
     return None

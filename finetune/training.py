@@ -211,7 +211,10 @@ def train(
         if is_main:
             run_dir.write_json(run / "metrics.partial.json", {**results, **fingerprint})
         if signals.received is not None:
-            raise Stopped(signals.exit_code, f"interrupted at step {trainer.state.global_step}; checkpoint saved", resumable=True)
+            where = f"interrupted at step {trainer.state.global_step}"
+            if recipe.train.fsdp:  # see launch.check_fsdp
+                raise Stopped(signals.exit_code, f"{where}; train.fsdp runs cannot be resumed yet")
+            raise Stopped(signals.exit_code, f"{where}; checkpoint saved", resumable=True)
         raise Stopped(
             1,
             f"training diverged: loss spikes persisted after {guard.rollbacks} rollbacks with lower learning rates "

@@ -7,9 +7,7 @@
 #   unsloth  Unsloth's FastLanguageModel (skipped when Unsloth is not importable)
 #   fsdp     the hf backend under torchrun with train.fsdp (one process: the sharding code paths run,
 #            with nothing to shard; several GPUs: pass NPROC=N)
-#   fsdp-resume  the same, stopped with SIGTERM (as `docker stop` does) after its first checkpoint,
-#            then resumed with --resume: it should end where the uninterrupted fsdp run ends
-# RUNS picks some of them (default: all four).
+# RUNS picks some of them (default: all three).
 # Each run's metrics.json (tokens/s, peak allocated/reserved memory) lands in OUTDIR/<name>.json, its
 # log in OUTDIR/<name>.log; summary.txt sets them beside the VRAM estimate. A failing run does not
 # stop the others; the script exits 1 if any failed. MODEL (a catalogue id) and STEPS change the defaults.
@@ -36,9 +34,7 @@ run() {  # run NAME COMMAND...: the run directory is $work/NAME
     fi
 }
 
-runs=" ${RUNS:-hf unsloth fsdp fsdp-resume} "
-fsdp=(python -m torch.distributed.run --standalone --nproc_per_node "$nproc" -m finetune train "$recipe"
-      --set model.backend=hf --set train.fsdp=true)
+runs=" ${RUNS:-hf unsloth fsdp} "
 [[ $runs == *" hf "* ]] && run hf python -m finetune train "$recipe" --set model.backend=hf
 if [[ $runs == *" unsloth "* ]]; then
     if python -c "import unsloth" >"$out/unsloth-import.log" 2>&1; then
@@ -47,19 +43,8 @@ if [[ $runs == *" unsloth "* ]]; then
         echo "== unsloth: not importable (see unsloth-import.log)"; tail -5 "$out/unsloth-import.log"
     fi
 fi
-[[ $runs == *" fsdp "* ]] && run fsdp "${fsdp[@]}"
-if [[ $runs == *" fsdp-resume "* ]]; then
-    echo "== fsdp-resume: stopped after the first checkpoint"
-    "${fsdp[@]}" -o "$work/fsdp-resume" "${sets[@]}" >"$out/fsdp-stop.log" 2>&1 &
-    launcher=$!
-    until [[ -e $work/fsdp-resume/checkpoints/checkpoint-10/finetune-complete.json ]] || ! kill -0 $launcher 2>/dev/null; do
-        sleep 0.5
-    done
-    kill -TERM $launcher 2>/dev/null
-    wait $launcher
-    echo "stop exit code $? (143 expected)" | tee -a "$out/fsdp-stop.log"
-    run fsdp-resume "${fsdp[@]}" --resume
-fi
+[[ $runs == *" fsdp "* ]] && run fsdp python -m torch.distributed.run --standalone --nproc_per_node "$nproc" \
+    -m finetune train "$recipe" --set model.backend=hf --set train.fsdp=true
 python -m finetune vram-estimate "$recipe" --set "model.name=$work/llama-1b" --batch-size 4 --json >"$out/estimate.json"
 python -m finetune doctor --json >"$out/doctor.json"
 
@@ -72,7 +57,7 @@ estimate = json.loads((out / "estimate.json").read_text())
 GiB = 2**30
 lines = [f"estimate: peak allocated {estimate['peak_allocated_bytes'] / GiB:.2f} GiB, "
          f"total {estimate['total_bytes'] / GiB:.2f} GiB"]
-for name in ("hf", "unsloth", "fsdp", "fsdp-resume"):
+for name in ("hf", "unsloth", "fsdp"):
     path = out / f"{name}.json"
     if not path.exists():
         lines.append(f"{name}: no metrics")

@@ -58,3 +58,16 @@ def test_fsdp_without_a_gpu_is_a_clear_error(tmp_path):
 def test_fsdp_with_the_unsloth_backend_is_refused(tmp_path):
     result = CliRunner().invoke(app, ["validate", str(QUICK), "--set", "train.fsdp=true", "--set", "model.backend=unsloth"])
     assert result.exit_code == 2 and "train.fsdp is not supported by the unsloth backend" in result.output
+
+
+def test_fsdp_runs_cannot_be_resumed_yet_and_one_process_gets_a_note(monkeypatch):
+    """On GPUs (availability faked: the checks run before anything touches a GPU)."""
+    from finetune.errors import UserError
+    from finetune.launch import check_fsdp
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    with pytest.raises(UserError, match="train.fsdp runs cannot be resumed yet"):
+        check_fsdp(True, 2, resume=True)
+    assert "no effect in one process" in check_fsdp(True, 1, resume=False)
+    assert check_fsdp(True, 2, resume=False) is None and check_fsdp(False, 1, resume=True) is None
