@@ -225,8 +225,6 @@ def load_for_training(path: str, recipe: Recipe, device, dtype, backend: str = "
 
 def load_with_unsloth(path: str, recipe: Recipe, device, dtype):
     """The same recipe through Unsloth's FastLanguageModel (its kernels and gradient checkpointing)."""
-    from unsloth import FastLanguageModel
-
     lora = recipe.lora
     if lora.use_dora or lora.init != "default":
         raise UserError("lora.use_dora and lora.init are not supported by the unsloth backend; use model.backend: hf")
@@ -235,6 +233,8 @@ def load_with_unsloth(path: str, recipe: Recipe, device, dtype):
             "model.attn_implementation: the unsloth backend chooses the attention kernel itself; "
             "remove the key or set model.backend: hf"
         )
+    from unsloth import FastLanguageModel
+
     model, _ = FastLanguageModel.from_pretrained(
         model_name=path,
         max_seq_length=recipe.data.max_length,

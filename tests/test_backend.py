@@ -44,3 +44,20 @@ def test_train_with_unsloth_backend_on_cpu_exits_2(write_recipe, tmp_path):
     result = CliRunner().invoke(app, ["train", str(write_recipe({"model": {"backend": "unsloth"}})), "-o", str(tmp_path / "r")])
     assert result.exit_code == 2 and "finetune[unsloth]" in result.output
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.attn_implementation=eager"], "the unsloth backend chooses the attention kernel itself"),
+        (["lora.use_dora=true"], "not supported by the unsloth backend"),
+    ],
+)
+def test_recipe_settings_unsloth_cannot_honour_are_refused_before_loading(overrides, message):
+    from finetune.config import load_recipe
+    from finetune.modeling import load_with_unsloth
+    from tests.conftest import ROOT
+
+    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml", overrides)
+    with pytest.raises(UserError, match=message):
+        load_with_unsloth("unused", recipe, torch.device("cpu"), torch.float32)

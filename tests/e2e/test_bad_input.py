@@ -115,3 +115,15 @@ def test_bad_input(tmp_path, tiny_model_path, name, build, message):
     assert "Traceback" not in result.output
     if kind != "output_file":
         assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_trl_without_its_loss_kernel_stops_before_loading_the_model(tmp_path, monkeypatch):
+    """TRL 1.15 on a machine without Triton has no SFT loss (1.16 falls back to torch): exit 2, not a
+    crash at the first step after the model is loaded."""
+    from trl.trainer import utils
+
+    monkeypatch.setattr(utils, "_ChunkedLogProbFunction", None)  # what trl 1.15 leaves when Triton is missing
+    result = CliRunner().invoke(app, ["train", str(ROOT / "recipes" / "quickstart.yaml"), "-o", str(tmp_path / "r"), "-q"])
+    assert result.exit_code == 2, result.output
+    assert "needs Triton (a CUDA GPU) for its SFT loss: pip install 'trl>=1.16'" in result.stderr
+    assert not (tmp_path / "r").exists()
