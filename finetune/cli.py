@@ -48,11 +48,10 @@ def handle_errors(command: Callable) -> Callable:
         except UserError as err:
             if debug:
                 raise
-            from finetune.launch import is_main_process, report_user_error
+            from finetune.launch import report_user_error
 
-            if is_main_process():  # under torchrun every rank fails alike: one line is enough
+            if not report_user_error(str(err)):  # under `--nproc` the launching process prints it once
                 typer.echo(f"error: {err}", err=True)
-            report_user_error(str(err))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
@@ -151,7 +150,7 @@ def train(
     run = output or Path(loaded.output.dir or f"runs/{recipe.stem}")
     loaded.output.dir = str(run)
     splits = load_splits(loaded.data)
-    fsdp_note = check_fsdp(loaded.train.fsdp, nproc, resume)
+    fsdp_note = check_fsdp(loaded.train.fsdp, nproc, resume, dry_run)
     if nproc > 1 and not under_torchrun() and not dry_run:
         # Recipe, data and model are valid: hand the same command to torchrun, one process per device.
         from finetune.modeling import resolve_model_path
@@ -191,12 +190,12 @@ def train(
             loaded, run, console, overwrite=overwrite, resume=resume, progress=not quiet, force=force, backend=backend,
             splits=splits,
         )
-    except Stopped as stop:
+    except Stopped as stop:  # every rank stops together (the stop decisions are agreed across ranks)
+        finish()
         hint = f"; resume with: finetune train {recipe} -o {run} --resume" if stop.resumable else ""
         typer.echo(f"stopped: {stop}{hint}", err=True)
         raise typer.Exit(stop.exit_code) from None
-    finally:
-        finish()
+    finish()  # not after an error: leaving the group is collective and could hang beside a failed rank
     if is_main_process():
         print_summary(metrics, run)
 

@@ -10,6 +10,7 @@ For several machines use torchrun's rendezvous or `accelerate launch` directly (
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,29 +32,44 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-# A worker that stops on bad input writes its one-line message here, so the launching process can
-# exit 2 like a single-process run (torchrun reports any worker failure as exit code 1).
+# A worker that stops on bad input writes its one-line message here (the first rank to fail wins), so
+# the launching process can print it and exit 2 like a single-process run: torchrun reports any worker
+# failure as exit code 1, and the failing rank need not be rank 0 (free memory differs per GPU).
 USER_ERROR_FILE = "FINETUNE_USER_ERROR_FILE"
 
 
-def report_user_error(message: str) -> None:
+def report_user_error(message: str) -> bool:
+    """Leave the message for `relaunch`; False when not launched by it (then the worker prints it)."""
     path = os.environ.get(USER_ERROR_FILE)
-    if path and is_main_process():
-        Path(path).write_text(message, encoding="utf-8")
+    if not path:
+        return False
+    try:
+        with open(path, "x", encoding="utf-8") as file:
+            file.write(message)
+    except FileExistsError:  # another rank was first
+        pass
+    return True
 
 
-def check_fsdp(fsdp: bool, nproc: int, resume: bool) -> str | None:
+def fsdp_active(recipe) -> bool:
+    """train.fsdp takes effect only in processes torchrun started (accelerate shards across a process group)."""
+    return recipe.train.fsdp and under_torchrun()
+
+
+def check_fsdp(fsdp: bool, nproc: int, resume: bool, dry_run: bool = False) -> str | None:
     """train.fsdp needs CUDA GPUs (accelerate shards only across GPUs); returns a note when it is moot."""
-    import torch
-
     if not fsdp:
         return None
+    if nproc == 1 and not under_torchrun():
+        return "train.fsdp has no effect in one process; pass --nproc N to shard the model over N GPUs"
+    import torch
+
     if not torch.cuda.is_available():
+        if dry_run:
+            return "train.fsdp needs CUDA GPUs and none is visible here"
         raise UserError("train.fsdp: FSDP shards the model across CUDA GPUs and none is visible; remove train.fsdp")
     if resume:  # measured: the trainer's FSDP checkpoint loading made the resumed run diverge (docs/multi-gpu.md)
         raise UserError("--resume: train.fsdp runs cannot be resumed yet; start the run over with --overwrite")
-    if nproc == 1 and not under_torchrun():
-        return "train.fsdp has no effect in one process; pass --nproc N to shard the model over N GPUs"
     return None
 
 
@@ -96,7 +112,7 @@ def relaunch(nproc: int, train_args: list[str]) -> int:
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
         "-m", "finetune", "train", *train_args,
     ]  # fmt: skip
-    error_file = Path(tempfile.mkstemp(prefix="finetune-error-")[1])
+    error_file = Path(tempfile.mkdtemp(prefix="finetune-")) / "user-error"  # created by the first failing rank
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), USER_ERROR_FILE: str(error_file)}
     child = subprocess.Popen(command, env=env)
     received: list[int] = []
@@ -111,8 +127,11 @@ def relaunch(nproc: int, train_args: list[str]) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        user_error = error_file.read_text(encoding="utf-8")
-        error_file.unlink(missing_ok=True)
+        user_error = error_file.read_text(encoding="utf-8") if error_file.exists() else ""
+        shutil.rmtree(error_file.parent, ignore_errors=True)
     if received and code != 0:  # an interruption keeps its conventional code
         return 128 + received[0]
-    return 2 if user_error and code != 0 else code
+    if user_error and code != 0:
+        print(f"error: {user_error}", file=sys.stderr)
+        return 2
+    return code

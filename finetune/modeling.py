@@ -9,7 +9,7 @@ from typing import Any
 
 from finetune.config import TINY_MODEL, LoraSection, ModelSection, Recipe
 from finetune.errors import UserError
-from finetune.launch import under_torchrun
+from finetune.launch import fsdp_active
 
 log = logging.getLogger("finetune")
 
@@ -139,7 +139,7 @@ def bnb_config(recipe: Recipe, dtype):
         bnb_4bit_compute_dtype=dtype,
         # FSDP shards floating-point tensors of one dtype: store the packed 4-bit weights in the
         # dtype of the rest of the model (bitsandbytes reads them bytewise whatever the storage)
-        bnb_4bit_quant_storage=dtype if recipe.train.fsdp else None,
+        bnb_4bit_quant_storage=dtype if fsdp_active(recipe) else None,
     )
 
 
@@ -171,7 +171,7 @@ def load_base_model(path: str, recipe: Recipe, device, dtype, for_training: bool
             dtype=dtype,
             # Under FSDP every rank quantizes on the CPU and FSDP moves only its shard to the GPU, so
             # a model that does not fit one GPU can still be loaded.
-            device_map={"": "cpu" if recipe.train.fsdp and under_torchrun() else device},
+            device_map={"": "cpu" if fsdp_active(recipe) else device},
             attn_implementation=recipe.model.attn_implementation,
             trust_remote_code=recipe.model.trust_remote_code,
             use_safetensors=None if recipe.model.allow_pickle else True,  # never unpickle unless allowed
@@ -204,7 +204,7 @@ def attach_lora(model, recipe: Recipe):
 
     checkpointing = recipe.train.gradient_checkpointing
     kwargs = {"use_reentrant": False}  # non-reentrant works with frozen inputs and is the supported path
-    if getattr(model, "is_loaded_in_4bit", False) and not recipe.train.fsdp:
+    if getattr(model, "is_loaded_in_4bit", False) and not fsdp_active(recipe):
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs=kwargs
         )

@@ -81,9 +81,11 @@ class SpikeGuard(TrainerCallback):
         self.micro_losses = []
         trainable = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
         grad_norm = math.sqrt(sum(float(p.grad.detach().float().pow(2).sum()) for p in trainable))
-        # Under DDP every rank must take the same decision: judge the worst rank's loss (NaN wins).
+        # Every rank must take the same decision: judge the worst rank's loss and gradient norm (NaN wins).
+        # Under FSDP each rank holds a shard of the gradients: the norm judged is the largest shard's.
         device = trainable[0].device if trainable else "cpu"
         loss = all_ranks_max(loss if math.isfinite(loss) else math.inf, device)
+        grad_norm = all_ranks_max(grad_norm if math.isfinite(grad_norm) else math.inf, device)
         step = state.global_step + 1  # the step being taken
         spike, median = self.judge.is_spike(loss, grad_norm)
         if not spike:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.data import Example
+from finetune.errors import UserError
 from finetune.tokenization import EncodingReport, encode_split
 
 FORMAT_VERSION = "1"  # bump when the stored layout changes
@@ -74,9 +75,9 @@ def cached_encode(
 def prune(directory: Path, keep: Path | None = None, max_bytes: int | None = None) -> list[Path]:
     """Delete the least recently used entries until the folder fits max_bytes; returns what was deleted."""
     if max_bytes is None:
-        max_bytes = int(float(os.environ.get("FINETUNE_TOKEN_CACHE_GB", DEFAULT_MAX_GB)) * 1e9)
+        max_bytes = max_cache_bytes()
     entries = []
-    for entry in directory.glob("*.parquet"):
+    for entry in directory.glob("[!.]*.parquet"):  # not the .tmp- files of a write in progress
         try:
             stat = entry.stat()
         except FileNotFoundError:  # pruned by a concurrent run
@@ -93,6 +94,14 @@ def prune(directory: Path, keep: Path | None = None, max_bytes: int | None = Non
         total -= size
         deleted.append(entry)
     return deleted
+
+
+def max_cache_bytes() -> int:
+    value = os.environ.get("FINETUNE_TOKEN_CACHE_GB", str(DEFAULT_MAX_GB))
+    try:
+        return int(float(value) * 1e9)
+    except ValueError:
+        raise UserError(f"FINETUNE_TOKEN_CACHE_GB={value}: not a number of gigabytes (e.g. 5)") from None
 
 
 def _touch(path: Path) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from finetune.config import Recipe
 from finetune.errors import UserError
+from finetune.launch import fsdp_active
 
 if TYPE_CHECKING:
     from finetune.training import Plan
@@ -87,7 +88,7 @@ def sft_config(recipe: Recipe, plan: Plan, run: Path, dtype, device):
         max_length=recipe.data.max_length,
         dataset_num_proc=None,
         ddp_find_unused_parameters=False,
-        **fsdp_kwargs(t.fsdp),
+        **fsdp_kwargs(fsdp_active(recipe)),
         # packed (flash-attention), length-grouped or padded micro-batches: see batching.py
         **batching.sft_kwargs(batching.batching_mode(recipe)),
     )
@@ -100,10 +101,7 @@ def fsdp_kwargs(enabled: bool) -> dict:
     mixed precision (update_fsdp_plugin_peft)."""
     if not enabled:
         return {}
-    return {
-        "fsdp": "full_shard auto_wrap",
-        "fsdp_config": {"version": 1, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "use_orig_params": False},
-    }
+    return {"fsdp": True, "fsdp_config": {"version": 1, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "use_orig_params": False}}
 
 
 def trainer_class():

@@ -20,7 +20,7 @@ from finetune import run_dir
 from finetune.config import Recipe
 from finetune.data import Splits, load_splits
 from finetune.errors import UserError
-from finetune.launch import all_ranks_sum, is_main_process, world_size
+from finetune.launch import all_ranks_sum, fsdp_active, is_main_process, world_size
 
 PACKAGES = ("finetune", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "unsloth")
 
@@ -69,8 +69,9 @@ def warnings_for(recipe: Recipe) -> list[str]:
 def preflight(recipe: Recipe, model_path: str, console: Console, force: bool, backend: str = "hf") -> None:
     """Print the VRAM estimate; on a GPU whose free memory is below it, stop with advice unless --force.
 
-    The estimate models the hf backend. Unsloth offloads the checkpointed activations to the CPU and
-    measured about half of it (docs/vram.md), so with Unsloth it is an upper bound and never stops the run.
+    The estimate models the hf backend on one GPU. Unsloth offloads the checkpointed activations to the
+    CPU and measured about half of it (docs/vram.md), and FSDP over N GPUs divides the weights: for both
+    it is an upper bound and never stops the run.
     """
     import torch
 
@@ -89,10 +90,11 @@ def preflight(recipe: Recipe, model_path: str, console: Console, force: bool, ba
         console.print(f"{line}; no GPU here, training on the CPU")
         return
     free, _ = torch.cuda.mem_get_info()
-    if backend == "unsloth":
-        line += " for the hf backend, an upper bound with Unsloth"
+    upper_bound = {"unsloth": backend == "unsloth", "FSDP": fsdp_active(recipe) and world_size() > 1}
+    for name in (n for n, on in upper_bound.items() if on):
+        line += f", an upper bound with {name}"
     console.print(f"{line}; {free / vram.GiB:.2f} GiB free on {torch.cuda.get_device_name()}")
-    if estimate.total_bytes > free and not force and backend != "unsloth":
+    if estimate.total_bytes > free and not force and not any(upper_bound.values()):
         tips = "; ".join(vram.advise(spec, setup, free)[:3])
         raise UserError(
             f"the run needs about {estimate.total_bytes / vram.GiB:.1f} GiB but {free / vram.GiB:.1f} GiB are free: "
@@ -212,7 +214,7 @@ def train(
             run_dir.write_json(run / "metrics.partial.json", {**results, **fingerprint})
         if signals.received is not None:
             where = f"interrupted at step {trainer.state.global_step}"
-            if recipe.train.fsdp:  # see launch.check_fsdp
+            if fsdp_active(recipe):  # see launch.check_fsdp
                 raise Stopped(signals.exit_code, f"{where}; train.fsdp runs cannot be resumed yet")
             raise Stopped(signals.exit_code, f"{where}; checkpoint saved", resumable=True)
         raise Stopped(

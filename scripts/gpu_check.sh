@@ -5,8 +5,9 @@
 # recipes/llama-3.2-1b-finance.yaml with `finetune train`:
 #   hf       transformers + peft + bitsandbytes
 #   unsloth  Unsloth's FastLanguageModel (skipped when Unsloth is not importable)
-#   fsdp     the hf backend under torchrun with train.fsdp (one process: the sharding code paths run,
-#            with nothing to shard; several GPUs: pass NPROC=N)
+#   fsdp     the hf backend under torchrun with train.fsdp. With one process FSDP runs NO_SHARD: the
+#            4-bit storage, CPU loading, wrapping and the gathered save run, nothing is sharded;
+#            several GPUs: pass NPROC=N)
 # RUNS picks some of them (default: all three).
 # Each run's metrics.json (tokens/s, peak allocated/reserved memory) lands in OUTDIR/<name>.json, its
 # log in OUTDIR/<name>.log; summary.txt sets them beside the VRAM estimate. A failing run does not
@@ -45,10 +46,11 @@ if [[ $runs == *" unsloth "* ]]; then
 fi
 [[ $runs == *" fsdp "* ]] && run fsdp python -m torch.distributed.run --standalone --nproc_per_node "$nproc" \
     -m finetune train "$recipe" --set model.backend=hf --set train.fsdp=true
-python -m finetune vram-estimate "$recipe" --set "model.name=$work/llama-1b" --batch-size 4 --json >"$out/estimate.json"
-python -m finetune doctor --json >"$out/doctor.json"
+python -m finetune vram-estimate "$recipe" --set "model.name=$work/llama-1b" --batch-size 4 --json >"$out/estimate.json" \
+    || failed+=(vram-estimate)
+python -m finetune doctor --json >"$out/doctor.json" || failed+=(doctor)
 
-python - "$out" <<'EOF'
+python - "$out" <<'EOF' || failed+=(summary)
 import json, sys
 from pathlib import Path
 
@@ -66,7 +68,7 @@ for name in ("hf", "unsloth", "fsdp"):
     t = m["throughput"]
     lines.append(
         f"{name}: backend {m['backend']}, world {m['world_size']}, {m['global_step']} steps, "
-        f"best eval {m['best_eval_loss']:.4f}, test {m['test_loss']:.4f}, {t['tokens_per_s']:.0f} tokens/s, "
+        f"best eval {m['best_eval_loss']}, test {m.get('test_loss')}, {t['tokens_per_s']:.0f} tokens/s, "
         f"peak allocated {t.get('peak_allocated_bytes', 0) / GiB:.2f} GiB, "
         f"reserved {t.get('peak_reserved_bytes', 0) / GiB:.2f} GiB, "
         f"train {m['timings']['train_s']:.1f} s"

@@ -25,6 +25,7 @@ def test_auto_with_unsloth_but_no_gpu_uses_transformers(monkeypatch):
     assert choose_backend("auto") == "hf"
 
 
+@pytest.mark.skipif(importlib.util.find_spec("unsloth") is not None, reason="Unsloth is installed here")
 def test_unsloth_without_the_package_names_the_extra():
     with pytest.raises(UserError, match=r"pip install 'finetune\[unsloth\]'"):
         choose_backend("unsloth")
@@ -36,6 +37,7 @@ def test_unsloth_without_a_gpu_is_a_clear_error(monkeypatch):
         choose_backend("unsloth")
 
 
+@pytest.mark.skipif(importlib.util.find_spec("unsloth") is not None, reason="Unsloth is installed here")
 def test_train_with_unsloth_backend_on_cpu_exits_2(write_recipe, tmp_path):
     from typer.testing import CliRunner
 

@@ -14,10 +14,12 @@ from tests.conftest import ROOT
 QUICK = ROOT / "recipes" / "quickstart.yaml"
 
 
-def test_fsdp_stores_4bit_weights_in_the_model_dtype_and_keeps_one_dtype(tiny_model_path):
+def test_fsdp_stores_4bit_weights_in_the_model_dtype_and_keeps_one_dtype(tiny_model_path, monkeypatch):
     """FSDP flattens tensors of one dtype: the packed NF4 weights and every other frozen weight must share
     the compute dtype (no fp32 upcast of norms); only the LoRA weights stay fp32, wrapped apart by peft."""
     from finetune.modeling import attach_lora, bnb_config, load_base_model
+
+    monkeypatch.setenv("LOCAL_RANK", "0")  # a torchrun worker: train.fsdp applies only there
 
     plain = load_recipe(QUICK, ["model.dtype=bf16"])
     sharded = load_recipe(QUICK, ["model.dtype=bf16", "train.fsdp=true"])
@@ -48,11 +50,14 @@ def test_fsdp_settings_reach_the_trainer(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
-def test_fsdp_without_a_gpu_is_a_clear_error(tmp_path):
-    result = CliRunner().invoke(app, ["train", str(QUICK), "-o", str(tmp_path / "r"), "--set", "train.fsdp=true"])
+def test_fsdp_without_a_gpu_is_a_clear_error_but_a_dry_run_notes_it(tmp_path):
+    args = ["train", str(QUICK), "-o", str(tmp_path / "r"), "--nproc", "2", "--set", "train.fsdp=true"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     assert "train.fsdp: FSDP shards the model across CUDA GPUs" in result.output
     assert not (tmp_path / "r").exists()
+    dry = CliRunner().invoke(app, [*args, "--dry-run"])
+    assert dry.exit_code == 0 and "train.fsdp needs CUDA GPUs" in dry.output
 
 
 def test_fsdp_with_the_unsloth_backend_is_refused(tmp_path):
@@ -69,5 +74,5 @@ def test_fsdp_runs_cannot_be_resumed_yet_and_one_process_gets_a_note(monkeypatch
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     with pytest.raises(UserError, match="train.fsdp runs cannot be resumed yet"):
         check_fsdp(True, 2, resume=True)
-    assert "no effect in one process" in check_fsdp(True, 1, resume=False)
+    assert "no effect in one process" in check_fsdp(True, 1, resume=True)  # plain training: resumable
     assert check_fsdp(True, 2, resume=False) is None and check_fsdp(False, 1, resume=True) is None

@@ -111,3 +111,11 @@ def test_least_recently_used_entries_are_pruned_above_the_size_cap(tiny_tokenize
     monkeypatch.setenv("FINETUNE_TOKEN_CACHE_GB", "0")
     encode(tiny_tokenizer, tmp_path, data_hash="newest")
     assert len(list(tmp_path.glob("*.parquet"))) == 1
+
+
+def test_a_bad_cache_size_is_a_user_error(tiny_tokenizer, tmp_path, monkeypatch):
+    from finetune.errors import UserError
+
+    monkeypatch.setenv("FINETUNE_TOKEN_CACHE_GB", "lots")
+    with pytest.raises(UserError, match="FINETUNE_TOKEN_CACHE_GB=lots: not a number"):
+        encode(tiny_tokenizer, tmp_path)

@@ -35,6 +35,7 @@ def test_unsloth_backend_writes_the_same_run_directory(tmp_path, finetune_home):
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["backend"] == "unsloth" and "unsloth" in metrics["versions"]
+    assert metrics["throughput"]["train_tokens"] > 0  # counted by finetune: Unsloth's trainer logs no num_tokens
     assert metrics["global_step"] == 4 and math.isfinite(metrics["best_eval_loss"]) and math.isfinite(metrics["test_loss"])
     # LoRA B starts at zero: non-zero B matrices in the saved adapter mean the optimizer updated them
     weights = load_file(run / "adapter" / "adapter_model.safetensors")

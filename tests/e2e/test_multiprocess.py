@@ -37,6 +37,18 @@ def test_nproc_must_be_positive(tmp_path):
     assert result.exit_code == 2 and "--nproc must be at least 1" in result.output
 
 
+def test_the_first_failing_rank_leaves_the_message(tmp_path, monkeypatch):
+    from finetune.launch import USER_ERROR_FILE, report_user_error
+
+    assert report_user_error("anything") is False  # not under `--nproc`: the worker prints it itself
+    monkeypatch.setenv(USER_ERROR_FILE, str(tmp_path / "user-error"))
+    monkeypatch.setenv("RANK", "1")  # any rank, not only rank 0 (free memory differs per GPU)
+    assert report_user_error("rank 1 failed") is True
+    monkeypatch.setenv("RANK", "0")
+    assert report_user_error("rank 0 failed later") is True
+    assert (tmp_path / "user-error").read_text() == "rank 1 failed"
+
+
 def test_bad_input_found_by_the_workers_exits_2(tmp_path, capfd):
     """A UserError raised inside the torchrun workers (here: nothing to resume) is exit 2, said once."""
     from finetune.launch import relaunch

@@ -139,3 +139,26 @@ def test_an_adapter_with_non_finite_weights_is_never_saved(tmp_path, tiny_model_
     with pytest.raises(RuntimeError, match="non-finite"):
         run_dir.save_adapter(tmp_path, model, None)
     assert not (tmp_path / "adapter").exists()
+
+
+def test_a_gathered_state_dict_is_what_gets_saved(tmp_path, tiny_model_path, tiny_tokenizer, write_recipe):
+    """Under FSDP the adapter is written from the full weights gathered off the shards, not read off the
+    (sharded) model: the passed dict is saved, and checked for non-finite values like the model's."""
+    import torch
+    from safetensors.torch import load_file
+
+    from finetune import modeling, run_dir
+    from finetune.config import load_recipe
+
+    model = modeling.load_for_training(str(tiny_model_path), load_recipe(write_recipe()), torch.device("cpu"), torch.float32)
+    gathered = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    key = next(name for name in gathered if "lora_B" in name)
+    gathered[key].fill_(0.5)
+    run_dir.save_adapter(tmp_path, model, tiny_tokenizer, state_dict=gathered)
+    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert torch.all(saved[key.replace(".default", "")] == 0.5)
+
+    gathered[key][0, 0] = float("inf")
+    with pytest.raises(RuntimeError, match="non-finite"):
+        run_dir.save_adapter(tmp_path / "again", model, tiny_tokenizer, state_dict=gathered)
+    assert not (tmp_path / "again" / "adapter").exists()

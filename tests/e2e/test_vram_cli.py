@@ -73,7 +73,8 @@ def test_train_refuses_a_run_that_does_not_fit_the_gpu(monkeypatch, tmp_path, wr
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (100 * 2**20, 16 * 2**30))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Small GPU")
-    result = invoke("train", write_recipe(), "-o", tmp_path / "run")
+    # backend hf: with Unsloth installed, `auto` on this faked GPU would import it into the test process
+    result = invoke("train", write_recipe({"model": {"backend": "hf"}}), "-o", tmp_path / "run")
     assert result.exit_code == 2, result.output
     assert "needs about" in result.output and "--force" in result.output
     assert not (tmp_path / "run").exists()
