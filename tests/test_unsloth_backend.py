@@ -31,7 +31,7 @@ train(recipe, Path(sys.argv[2]), Console(stderr=True), backend="unsloth")
 def test_unsloth_backend_writes_the_same_run_directory(tmp_path, finetune_home):
     run = tmp_path / "unsloth"
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(ROOT / "recipes" / "quickstart.yaml"), str(run)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=900)  # fmt: skip
+                          capture_output=True, text=True, cwd=tmp_path, timeout=900)  # fmt: skip  (its compile cache lands in cwd)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["backend"] == "unsloth" and "unsloth" in metrics["versions"]
