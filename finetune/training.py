@@ -90,11 +90,11 @@ def preflight(recipe: Recipe, model_path: str, console: Console, force: bool, ba
         console.print(f"{line}; no GPU here, training on the CPU")
         return
     free, _ = torch.cuda.mem_get_info()
-    upper_bound = {"unsloth": backend == "unsloth", "FSDP": fsdp_active(recipe) and world_size() > 1}
-    for name in (n for n, on in upper_bound.items() if on):
-        line += f", an upper bound with {name}"
+    bounded_by = [name for name, on in (("Unsloth", backend == "unsloth"), ("FSDP", fsdp_active(recipe) and world_size() > 1)) if on]
+    if bounded_by:
+        line += ", an upper bound with " + " and ".join(bounded_by)
     console.print(f"{line}; {free / vram.GiB:.2f} GiB free on {torch.cuda.get_device_name()}")
-    if estimate.total_bytes > free and not force and not any(upper_bound.values()):
+    if estimate.total_bytes > free and not force and not bounded_by:
         tips = "; ".join(vram.advise(spec, setup, free)[:3])
         raise UserError(
             f"the run needs about {estimate.total_bytes / vram.GiB:.1f} GiB but {free / vram.GiB:.1f} GiB are free: "

@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from finetune.cli import app
+from finetune.errors import UserError
 from tests.conftest import ROOT
 
 runner = CliRunner()
@@ -78,3 +79,30 @@ def test_train_refuses_a_run_that_does_not_fit_the_gpu(monkeypatch, tmp_path, wr
     assert result.exit_code == 2, result.output
     assert "needs about" in result.output and "--force" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_the_estimate_is_an_upper_bound_that_never_refuses_with_unsloth_or_fsdp(monkeypatch, write_recipe):
+    """It models the hf backend on one GPU: Unsloth measured half of it, FSDP divides the weights."""
+    import torch
+    from rich.console import Console
+
+    from finetune.config import load_recipe
+    from finetune.modeling import resolve_model_path
+    from finetune.training import preflight
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (100 * 2**20, 16 * 2**30))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Small GPU")
+    recipe = load_recipe(write_recipe({"train": {"fsdp": True}}))
+    path = resolve_model_path(recipe.model)
+    console = Console(record=True, width=200)
+    preflight(recipe, path, console, force=False, backend="unsloth")
+    assert "an upper bound with Unsloth;" in console.export_text()
+
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    preflight(recipe, path, console, force=False, backend="hf")
+    assert "an upper bound with FSDP;" in console.export_text()
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: a real limit again
+    with pytest.raises(UserError, match="needs about"):
+        preflight(recipe, path, console, force=False, backend="hf")
