@@ -6,6 +6,7 @@ so `finetune --help` and `finetune validate` answer instantly.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import sys
@@ -36,7 +37,8 @@ Overrides = Annotated[
 
 
 def handle_errors(command: Callable) -> Callable:
-    """UserError -> one line on stderr, exit 2; Ctrl-C -> 130; anything else -> exit 1 (traceback with --debug)."""
+    """UserError or a full disk -> one line on stderr, exit 2; Ctrl-C -> 130; anything else -> exit 1
+    (traceback with --debug)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -48,22 +50,51 @@ def handle_errors(command: Callable) -> Callable:
         except UserError as err:
             if debug:
                 raise
-            from finetune.launch import report_user_error
-
-            if not report_user_error(str(err)):  # under `--nproc` the launching process prints it once
-                typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from None
+            user_error(str(err))
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
         except Exception as err:
             if debug:
                 raise
+            reason = disk_full(err)
+            if reason:  # the user can fix it: as bad input, not as a bug
+                user_error(
+                    f"no space left for the files being written ({reason}): free disk space or write elsewhere "
+                    "with -o; a run continues from its last complete checkpoint with --resume"
+                )
             first = str(err).splitlines()[0] if str(err) else ""
             typer.echo(f"error: unexpected {err.__class__.__name__}: {first} (rerun with --debug for the traceback)", err=True)
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def user_error(message: str) -> None:
+    """One line on stderr (or, under `--nproc`, left for the launching process to print), exit 2."""
+    from finetune.launch import report_user_error
+
+    if not report_user_error(message):
+        typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+# errno, and the same errors as the Rust and C++ writers (safetensors, torch.save) spell them
+DISK_FULL_ERRNOS = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded", errno.EFBIG: "File too large"}
+
+
+def disk_full(err: BaseException) -> str | None:
+    """The disk-full reason behind an exception (its cause and context included), or None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+            return DISK_FULL_ERRNOS[err.errno]
+        for code, text in DISK_FULL_ERRNOS.items():
+            if text in str(err) or f"os error {code})" in str(err):
+                return text
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def quiet_libraries(verbose: bool) -> None:

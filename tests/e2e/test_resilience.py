@@ -162,3 +162,23 @@ def test_a_gathered_state_dict_is_what_gets_saved(tmp_path, tiny_model_path, tin
     with pytest.raises(RuntimeError, match="non-finite"):
         run_dir.save_adapter(tmp_path / "again", model, tiny_tokenizer, state_dict=gathered)
     assert not (tmp_path / "again" / "adapter").exists()
+
+
+def test_a_full_disk_is_one_line_exit_2_and_leaves_nothing_finished(tmp_path):
+    """A file-size limit makes every write past 20 kB fail as a full disk does (EFBIG instead of ENOSPC):
+    here the first checkpoint's safetensors write, inside the trainer."""
+    import resource
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "finetune", "train", str(ROOT / "recipes" / "quickstart.yaml"), "-o", str(run),
+               "-q", "--set", "train.max_steps=4", "--set", "train.eval_steps=2"]  # fmt: skip
+    done = subprocess.run(command, preexec_fn=limit_file_size, capture_output=True, text=True, timeout=600)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert len(errors) == 1 and "no space left for the files being written (File too large)" in errors[0]
+    assert "Traceback" not in done.stderr
+    assert not (run / "metrics.json").exists() and not (run / "adapter").exists()
+    assert not list(run.glob("checkpoints/*/finetune-complete.json"))  # the half-written checkpoint is not sealed
