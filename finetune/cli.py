@@ -198,10 +198,14 @@ def train(
     from finetune.trainer_setup import check_trackers
 
     mode = batching_mode(loaded)  # data.packing: on with an unsuitable kernel fails here, before any weight
+    if dry_run and mode == "packed":
+        from finetune.training import packed_plan
+
+        plan = packed_plan(loaded, plan, splits)  # what train() will count; training itself recounts
     check_trackers(loaded.train.report_to)
     if not is_main_process():
         console.quiet = True  # one voice: rank 0 prints the plan, the progress and the summary
-    print_plan(loaded, plan, run, mode)
+    print_plan(loaded, plan, run, mode, packed_counted=dry_run)
     if fsdp_note:
         console.print(f"[yellow]note:[/] {fsdp_note}")
     if dry_run:
@@ -380,7 +384,7 @@ def select_gpus(name: str | None, memory_gib: float | None) -> dict[str, float]:
 # Output
 
 
-def print_plan(recipe, plan, run: Path, mode: str) -> None:
+def print_plan(recipe, plan, run: Path, mode: str, packed_counted: bool = False) -> None:
     quant = "4-bit " + recipe.quant.method.upper() if recipe.quant.method != "none" else "16/32-bit"
     lines = [
         f"[bold]model[/]     {recipe.model.name} ({quant}, LoRA r={recipe.lora.r}, targets {recipe.lora.target_modules})",
@@ -390,7 +394,9 @@ def print_plan(recipe, plan, run: Path, mode: str) -> None:
         + (f", early stopping patience {recipe.early_stopping.patience}" if recipe.early_stopping.enabled else ""),
         f"[bold]processes[/] {plan.world_size}{' FSDP' if recipe.train.fsdp and plan.world_size > 1 else ''} (micro-batch {recipe.train.micro_batch_size} x accumulation "
         f"{recipe.train.gradient_accumulation} x {plan.world_size} = {plan.effective_batch} examples per step)",
-        f"[bold]batching[/]  {mode}" + (" (step count recomputed after packing)" if mode == "packed" else ""),
+        f"[bold]batching[/]  {mode}"
+        + (f" ({'steps counted over packed sequences' if packed_counted else 'step count recomputed after packing'})"
+           if mode == "packed" else ""),
         f"[bold]output[/]    {run}",
     ]
     console.print("\n".join(lines))

@@ -59,6 +59,17 @@ def make_plan(recipe: Recipe, splits: Splits, world_size: int = 1) -> Plan:
     )
 
 
+def packed_plan(recipe: Recipe, plan: Plan, splits: Splits) -> Plan:
+    """The plan over packed sequences, for `--dry-run`: tokenizes as train() does (cached), loads no weights."""
+    from finetune import batching, modeling
+    from finetune.tokenization import ensure_chat_template
+
+    tokenizer = modeling.load_tokenizer(modeling.resolve_model_path(recipe.model), recipe.model)
+    ensure_chat_template(tokenizer, recipe.data.chat_template)
+    datasets, _ = _tokenize(splits, tokenizer, recipe)
+    return batching.plan_for(recipe, plan, datasets["train"])
+
+
 def warnings_for(recipe: Recipe) -> list[str]:
     notes = []
     if recipe.train.epochs > 3 and recipe.train.max_steps is None:

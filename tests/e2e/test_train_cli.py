@@ -236,3 +236,24 @@ def test_a_tracker_that_is_not_installed_is_named_before_training(tmp_path, writ
     result = run_cli("train", write_recipe({"train": {"report_to": ["mlflow"]}}), "-o", tmp_path / "run")
     assert result.exit_code == 2 and "train.report_to: mlflow is not installed" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_dry_run_counts_steps_over_packed_sequences(tmp_path, write_recipe, monkeypatch):
+    """With flash-attention packing, --dry-run tokenizes (no weights) to count the packed sequences, as
+    train() does; flash-attn is faked as installed: packing is chosen but nothing runs on a GPU."""
+    import re
+
+    from finetune import batching
+
+    recipe = write_recipe({"model": {"attn_implementation": "flash_attention_2"}, "data": {"max_length": 1024}})
+    grouped = run_cli("train", recipe, "-o", tmp_path / "run", "--dry-run")
+    monkeypatch.setattr(batching, "flash_attn_installed", lambda: True)
+    packed = run_cli("train", recipe, "-o", tmp_path / "run", "--dry-run")
+    assert packed.exit_code == 0, packed.output
+    assert "packed (steps counted over packed sequences)" in packed.output
+
+    def steps(result):
+        return int(re.search(r"schedule\s+(\d+) steps", result.output).group(1))
+
+    assert steps(packed) < steps(grouped)  # several examples per sequence: fewer steps for the same epoch
+    assert not (tmp_path / "run").exists()
