@@ -25,14 +25,15 @@ MARKER = "finetune-complete.json"
 class MarkComplete(TrainerCallback):
     """on_save runs after the trainer has written the whole checkpoint: seal it."""
 
-    def __init__(self, fingerprint: dict[str, str], events: list[dict[str, Any]]):
+    def __init__(self, fingerprint: dict[str, str], events: list[dict[str, Any]], sharded: bool = False):
         self.fingerprint = fingerprint
         self.events = events  # carried in the marker, so a resumed run keeps the earlier events
+        self.sharded = sharded  # written under FSDP: not resumable yet (check_resumable)
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            seal = {**self.fingerprint, "global_step": state.global_step, "events": self.events}
+            seal = {**self.fingerprint, "global_step": state.global_step, "events": self.events, "fsdp": self.sharded}
             run_dir.write_json(folder / MARKER, seal)
 
 
@@ -49,6 +50,8 @@ def check_resumable(run: Path, fingerprint: dict[str, str]) -> Path:
     if checkpoint is None:
         raise UserError(f"{run}: no complete checkpoint to resume from; start the run without --resume")
     saved = json.loads((checkpoint / MARKER).read_text())
+    if saved.get("fsdp"):  # measured: the trainer's FSDP loading made a resumed run diverge (docs/multi-gpu.md)
+        raise UserError(f"{run}: a train.fsdp run cannot be resumed yet; start it over with --overwrite")
     for key, what in (("recipe_hash", "recipe"), ("data_hash", "data")):
         if saved.get(key) != fingerprint[key]:
             raise UserError(

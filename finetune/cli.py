@@ -9,10 +9,11 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated, Callable
+from typing import Annotated, Callable, NoReturn
 
 import typer
 from rich.console import Console
@@ -59,10 +60,7 @@ def handle_errors(command: Callable) -> Callable:
                 raise
             reason = disk_full(err)
             if reason:  # the user can fix it: as bad input, not as a bug
-                user_error(
-                    f"no space left for the files being written ({reason}): free disk space or write elsewhere "
-                    "with -o; a run continues from its last complete checkpoint with --resume"
-                )
+                user_error(f"no space left for the files being written ({reason}): free disk space or write elsewhere with -o")
             first = str(err).splitlines()[0] if str(err) else ""
             typer.echo(f"error: unexpected {err.__class__.__name__}: {first} (rerun with --debug for the traceback)", err=True)
             raise typer.Exit(1) from None
@@ -70,7 +68,7 @@ def handle_errors(command: Callable) -> Callable:
     return wrapper
 
 
-def user_error(message: str) -> None:
+def user_error(message: str) -> NoReturn:
     """One line on stderr (or, under `--nproc`, left for the launching process to print), exit 2."""
     from finetune.launch import report_user_error
 
@@ -79,21 +77,26 @@ def user_error(message: str) -> None:
     raise typer.Exit(2)
 
 
-# errno, and the same errors as the Rust and C++ writers (safetensors, torch.save) spell them
-DISK_FULL_ERRNOS = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded", errno.EFBIG: "File too large"}
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# The same failures as the writers that do not raise OSError word them: safetensors (Rust) and torch.save
+# (its zip writer, which loses the errno: "unexpected pos N vs M" / "failed writing file").
+DISK_FULL_TEXT = re.compile(
+    r"(No space left on device|Disk quota exceeded|File too large) \(os error \d+\)"
+    r"|inline_container\.cc.*(unexpected pos \d+ vs \d+|failed writing file)"
+)
 
 
-def disk_full(err: BaseException) -> str | None:
-    """The disk-full reason behind an exception (its cause and context included), or None."""
+def disk_full(err: BaseException | None) -> str | None:
+    """Why `err` (or an exception it was raised from) is a full disk, or None."""
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
-            return DISK_FULL_ERRNOS[err.errno]
-        for code, text in DISK_FULL_ERRNOS.items():
-            if text in str(err) or f"os error {code})" in str(err):
-                return text
-        err = err.__cause__ or err.__context__
+        if isinstance(err, OSError):
+            if err.errno in DISK_FULL_ERRNOS:
+                return f"{err.strerror}: {err.filename}" if err.filename else err.strerror
+        elif match := DISK_FULL_TEXT.search(str(err)):
+            return match.group(1) or "a checkpoint file could not be written"
+        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
     return None
 
 
@@ -181,7 +184,7 @@ def train(
     run = output or Path(loaded.output.dir or f"runs/{recipe.stem}")
     loaded.output.dir = str(run)
     splits = load_splits(loaded.data)
-    fsdp_note = check_fsdp(loaded.train.fsdp, nproc, resume, dry_run)
+    fsdp_note = check_fsdp(loaded.train.fsdp, nproc, dry_run)
     if nproc > 1 and not under_torchrun() and not dry_run:
         # Recipe, data and model are valid: hand the same command to torchrun, one process per device.
         from finetune.modeling import resolve_model_path

@@ -39,15 +39,22 @@ USER_ERROR_FILE = "FINETUNE_USER_ERROR_FILE"
 
 
 def report_user_error(message: str) -> bool:
-    """Leave the message for `relaunch`; False when not launched by it (then the worker prints it)."""
+    """Leave the message for `relaunch`; False when the worker must print it itself (not launched by
+    `relaunch`, or the message cannot be written: the disk may be the full one)."""
     path = os.environ.get(USER_ERROR_FILE)
     if not path:
         return False
     try:
-        with open(path, "x", encoding="utf-8") as file:
-            file.write(message)
-    except FileExistsError:  # another rank was first
-        pass
+        staged = f"{path}.{os.getpid()}"
+        Path(staged).write_text(message, encoding="utf-8")
+        try:
+            os.link(staged, path)  # atomic, and fails if another rank's message is already there
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(staged)
+    except OSError:
+        return False
     return True
 
 
@@ -56,7 +63,7 @@ def fsdp_active(recipe) -> bool:
     return recipe.train.fsdp and under_torchrun()
 
 
-def check_fsdp(fsdp: bool, nproc: int, resume: bool, dry_run: bool = False) -> str | None:
+def check_fsdp(fsdp: bool, nproc: int, dry_run: bool = False) -> str | None:
     """train.fsdp needs CUDA GPUs (accelerate shards only across GPUs); returns a note when it is moot."""
     if not fsdp:
         return None
@@ -68,8 +75,6 @@ def check_fsdp(fsdp: bool, nproc: int, resume: bool, dry_run: bool = False) -> s
         if dry_run:
             return "train.fsdp needs CUDA GPUs and none is visible here"
         raise UserError("train.fsdp: FSDP shards the model across CUDA GPUs and none is visible; remove train.fsdp")
-    if resume:  # measured: the trainer's FSDP checkpoint loading made the resumed run diverge (docs/multi-gpu.md)
-        raise UserError("--resume: train.fsdp runs cannot be resumed yet; start the run over with --overwrite")
     return None
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -58,6 +59,7 @@ def cached_encode(
 ) -> tuple[dict[str, list[list[int]]], EncodingReport]:
     """encode_split, read from the cache when the same split was tokenised the same way before."""
     directory = Path(cache_dir) if cache_dir is not None else cache_dir_default()
+    max_bytes = max_cache_bytes()  # a bad setting fails before the work, not after it
     path = directory / f"{cache_key(examples, tokenizer, max_length, completion_only_loss, data_hash)}.parquet"
     hit = _read(path)
     if hit is not None:
@@ -66,16 +68,14 @@ def cached_encode(
     columns, report = encode_parallel(examples, tokenizer, max_length, completion_only_loss)
     try:
         _write(path, columns, report)
-        prune(directory, keep=path)
+        prune(directory, max_bytes, keep=path)
     except OSError:  # a read-only or full disk costs the cache, not the run
         pass
     return columns, report
 
 
-def prune(directory: Path, keep: Path | None = None, max_bytes: int | None = None) -> list[Path]:
+def prune(directory: Path, max_bytes: int, keep: Path | None = None) -> list[Path]:
     """Delete the least recently used entries until the folder fits max_bytes; returns what was deleted."""
-    if max_bytes is None:
-        max_bytes = max_cache_bytes()
     entries = []
     for entry in directory.glob("[!.]*.parquet"):  # not the .tmp- files of a write in progress
         try:
@@ -99,9 +99,12 @@ def prune(directory: Path, keep: Path | None = None, max_bytes: int | None = Non
 def max_cache_bytes() -> int:
     value = os.environ.get("FINETUNE_TOKEN_CACHE_GB", str(DEFAULT_MAX_GB))
     try:
-        return int(float(value) * 1e9)
+        gigabytes = float(value)
     except ValueError:
-        raise UserError(f"FINETUNE_TOKEN_CACHE_GB={value}: not a number of gigabytes (e.g. 5)") from None
+        gigabytes = math.nan
+    if not (math.isfinite(gigabytes) and gigabytes >= 0):
+        raise UserError(f"FINETUNE_TOKEN_CACHE_GB={value}: not a number of gigabytes (e.g. 5)")
+    return int(gigabytes * 1e9)
 
 
 def _touch(path: Path) -> None:

@@ -148,6 +148,7 @@ def train(
     splits = splits or load_splits(recipe.data)
     plan = make_plan(recipe, splits, world_size())
     model_path = modeling.resolve_model_path(recipe.model)
+    device = modeling.device_for_this_process()  # before the preflight: each rank checks its own GPU
     preflight(recipe, model_path, console, force, backend)
     tokenizer = modeling.load_tokenizer(model_path, recipe.model)
     notes = check_special_tokens(tokenizer)
@@ -175,7 +176,6 @@ def train(
 
     # Model: the frozen base (4-bit unless quant.method is none) with LoRA adapters.
     t0 = time.perf_counter()
-    device = modeling.device_for_this_process()
     dtype = modeling.compute_dtype(recipe.model.dtype, device)
     set_seed(recipe.train.seed)  # right before the adapter's random init: nothing earlier can shift it
     model = modeling.load_for_training(model_path, recipe, device, dtype, backend)
@@ -200,7 +200,7 @@ def train(
     if recipe.spike_guard.enabled:
         trainer.spike_guard = SpikeGuard(recipe.spike_guard, events)
         trainer.add_callback(trainer.spike_guard)
-    trainer.add_callback(MarkComplete(fingerprint, events))
+    trainer.add_callback(MarkComplete(fingerprint, events, sharded=trainer.is_fsdp_enabled))
     signals = StopOnSignal()
     trainer.add_callback(signals)
     trainer.add_callback(RichProgress(console, enabled=progress))
@@ -225,7 +225,7 @@ def train(
             run_dir.write_json(run / "metrics.partial.json", {**results, **fingerprint})
         if signals.received is not None:
             where = f"interrupted at step {trainer.state.global_step}"
-            if fsdp_active(recipe):  # see launch.check_fsdp
+            if trainer.is_fsdp_enabled:  # see checkpoints.check_resumable
                 raise Stopped(signals.exit_code, f"{where}; train.fsdp runs cannot be resumed yet")
             raise Stopped(signals.exit_code, f"{where}; checkpoint saved", resumable=True)
         raise Stopped(

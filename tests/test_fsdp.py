@@ -65,14 +65,31 @@ def test_fsdp_with_the_unsloth_backend_is_refused(tmp_path):
     assert result.exit_code == 2 and "train.fsdp is not supported by the unsloth backend" in result.output
 
 
-def test_fsdp_runs_cannot_be_resumed_yet_and_one_process_gets_a_note(monkeypatch):
+def test_one_process_gets_a_note_and_gpus_no_objection(monkeypatch):
     """On GPUs (availability faked: the checks run before anything touches a GPU)."""
-    from finetune.errors import UserError
     from finetune.launch import check_fsdp
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    with pytest.raises(UserError, match="train.fsdp runs cannot be resumed yet"):
-        check_fsdp(True, 2, resume=True)
-    assert "no effect in one process" in check_fsdp(True, 1, resume=True)  # plain training: resumable
-    assert check_fsdp(True, 2, resume=False) is None and check_fsdp(False, 1, resume=True) is None
+    assert "no effect in one process" in check_fsdp(True, 1)
+    assert check_fsdp(True, 2) is None and check_fsdp(False, 1) is None
+
+
+def test_a_checkpoint_written_under_fsdp_is_not_resumed(quickstart_run, tmp_path):
+    """A resumed FSDP run diverged on the GPU check (docs/multi-gpu.md): its checkpoints say they were
+    sharded, and --resume refuses them with whatever --nproc, while ordinary ones resume."""
+    import json
+    import shutil
+
+    from finetune.checkpoints import MARKER, check_resumable
+    from finetune.errors import UserError
+
+    run = tmp_path / "run"
+    shutil.copytree(quickstart_run, run)
+    fingerprint = {k: json.loads((run / "metrics.json").read_text())[k] for k in ("recipe_hash", "data_hash")}
+    newest = check_resumable(run, fingerprint)
+    seal = json.loads((newest / MARKER).read_text())
+    assert seal["fsdp"] is False
+    (newest / MARKER).write_text(json.dumps({**seal, "fsdp": True}))
+    with pytest.raises(UserError, match="a train.fsdp run cannot be resumed yet"):
+        check_resumable(run, fingerprint)

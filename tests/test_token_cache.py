@@ -116,6 +116,7 @@ def test_least_recently_used_entries_are_pruned_above_the_size_cap(tiny_tokenize
 def test_a_bad_cache_size_is_a_user_error(tiny_tokenizer, tmp_path, monkeypatch):
     from finetune.errors import UserError
 
-    monkeypatch.setenv("FINETUNE_TOKEN_CACHE_GB", "lots")
-    with pytest.raises(UserError, match="FINETUNE_TOKEN_CACHE_GB=lots: not a number"):
-        encode(tiny_tokenizer, tmp_path)
+    for bad in ("lots", "inf", "-1"):
+        monkeypatch.setenv("FINETUNE_TOKEN_CACHE_GB", bad)
+        with pytest.raises(UserError, match=f"FINETUNE_TOKEN_CACHE_GB={bad}: not a number"):
+            encode(tiny_tokenizer, tmp_path)

@@ -47,6 +47,11 @@ def test_the_first_failing_rank_leaves_the_message(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     assert report_user_error("rank 0 failed later") is True
     assert (tmp_path / "user-error").read_text() == "rank 1 failed"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["user-error"]  # no staging files left
+
+    # Unwritable (the full disk may be this one): the worker prints the message itself.
+    monkeypatch.setenv(USER_ERROR_FILE, str(tmp_path / "missing-folder" / "user-error"))
+    assert report_user_error("disk full") is False
 
 
 def test_bad_input_found_by_the_workers_exits_2(tmp_path, capfd):

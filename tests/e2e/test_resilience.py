@@ -164,7 +164,7 @@ def test_a_gathered_state_dict_is_what_gets_saved(tmp_path, tiny_model_path, tin
     assert not (tmp_path / "again" / "adapter").exists()
 
 
-def test_a_full_disk_is_one_line_exit_2_and_leaves_nothing_finished(tmp_path):
+def test_a_full_disk_is_one_line_exit_2_and_leaves_nothing_finished(tmp_path, tiny_model_path):
     """A file-size limit makes every write past 20 kB fail as a full disk does (EFBIG instead of ENOSPC):
     here the first checkpoint's safetensors write, inside the trainer."""
     import resource
@@ -181,4 +181,28 @@ def test_a_full_disk_is_one_line_exit_2_and_leaves_nothing_finished(tmp_path):
     assert len(errors) == 1 and "no space left for the files being written (File too large)" in errors[0]
     assert "Traceback" not in done.stderr
     assert not (run / "metrics.json").exists() and not (run / "adapter").exists()
-    assert not list(run.glob("checkpoints/*/finetune-complete.json"))  # the half-written checkpoint is not sealed
+    assert list(run.glob("checkpoints/checkpoint-*"))  # it failed in the trainer, writing a checkpoint...
+    assert not list(run.glob("checkpoints/*/finetune-complete.json"))  # ...which is not sealed
+
+
+def test_disk_full_is_recognised_in_each_writer_s_words_and_nothing_else():
+    import errno
+
+    import torch
+
+    from finetune.cli import disk_full
+
+    assert disk_full(OSError(errno.ENOSPC, "No space left on device", "/runs/x/optimizer.pt")) == (
+        "No space left on device: /runs/x/optimizer.pt"
+    )
+    assert disk_full(RuntimeError("Error while serializing: I/O error: Disk quota exceeded (os error 122)"))
+    try:  # torch.save under a full disk: the zip writer's own words, raised from an iostream error
+        try:
+            raise RuntimeError("basic_ios::clear: iostream error")
+        except RuntimeError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")  # noqa: B904
+    except RuntimeError as err:
+        assert disk_full(err) == "a checkpoint file could not be written"
+    assert disk_full(ValueError("row 7: File too large for the tokenizer")) is None
+    assert disk_full(OSError(errno.ENOENT, "No such file or directory", "x")) is None
+    assert disk_full(torch.cuda.OutOfMemoryError("CUDA out of memory")) is None

@@ -72,6 +72,7 @@ def test_train_refuses_a_run_that_does_not_fit_the_gpu(monkeypatch, tmp_path, wr
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda *a: None)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (100 * 2**20, 16 * 2**30))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Small GPU")
     # backend hf: with Unsloth installed, `auto` on this faked GPU would import it into the test process
