@@ -6,10 +6,8 @@ so `finetune --help` and `finetune validate` answer instantly.
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
-import re
 import sys
 import warnings
 from pathlib import Path
@@ -20,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from finetune import __version__
-from finetune.errors import UserError
+from finetune.errors import UserError, disk_full
 
 app = typer.Typer(
     help="Fine-tune small open LLMs with QLoRA: one YAML recipe, early stopping, a held-out test score.",
@@ -75,29 +73,6 @@ def user_error(message: str) -> NoReturn:
     if not report_user_error(message):
         typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
-
-
-DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-# The same failures as the writers that do not raise OSError word them: safetensors (Rust) and torch.save
-# (its zip writer, which loses the errno: "unexpected pos N vs M" / "failed writing file").
-DISK_FULL_TEXT = re.compile(
-    r"(No space left on device|Disk quota exceeded|File too large) \(os error \d+\)"
-    r"|inline_container\.cc.*(unexpected pos \d+ vs \d+|failed writing file)"
-)
-
-
-def disk_full(err: BaseException | None) -> str | None:
-    """Why `err` (or an exception it was raised from) is a full disk, or None."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, OSError):
-            if err.errno in DISK_FULL_ERRNOS:
-                return f"{err.strerror}: {err.filename}" if err.filename else err.strerror
-        elif match := DISK_FULL_TEXT.search(str(err)):
-            return match.group(1) or "a checkpoint file could not be written"
-        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
-    return None
 
 
 def quiet_libraries(verbose: bool) -> None:

@@ -190,7 +190,7 @@ def test_disk_full_is_recognised_in_each_writer_s_words_and_nothing_else():
 
     import torch
 
-    from finetune.cli import disk_full
+    from finetune.errors import disk_full
 
     assert disk_full(OSError(errno.ENOSPC, "No space left on device", "/runs/x/optimizer.pt")) == (
         "No space left on device: /runs/x/optimizer.pt"
