@@ -60,7 +60,9 @@ class QuantSection(Section):
 
 class LoraSection(Section):
     r: int = Field(16, gt=0, description="Rank of the adapter matrices: capacity vs. memory.")
-    alpha: float = Field(32, gt=0, description="Scale; the update is multiplied by alpha/r (alpha/sqrt(r) with rslora).")
+    alpha: float = Field(
+        32, gt=0, description="Scale; the update is multiplied by alpha/r (alpha/sqrt(r) with rslora)."
+    )
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
     target_modules: str | list[str] = Field(
         "all-linear", description="all-linear, or module names such as [q_proj, v_proj]."
@@ -186,8 +188,12 @@ class SpikeGuardSection(Section):
 
 
 class OutputSection(Section):
-    dir: str | None = Field(None, description="Run directory (relative to the working directory); default runs/<recipe>.")
-    save_total_limit: int = Field(2, gt=0, description="Checkpoints kept in all; the best and the newest are never deleted.")
+    dir: str | None = Field(
+        None, description="Run directory (relative to the working directory); default runs/<recipe>."
+    )
+    save_total_limit: int = Field(
+        2, gt=0, description="Checkpoints kept in all; the best and the newest are never deleted."
+    )
 
 
 class Recipe(Section):
@@ -207,7 +213,9 @@ class Recipe(Section):
     def _init_needs_full_precision(self) -> Recipe:
         # peft initialises PiSSA/OLoRA from an SVD/QR of full-precision weights and refuses a 4-bit base
         if self.lora.init in ("pissa", "olora") and self.quant.method != "none":
-            raise ValueError(f"lora.init {self.lora.init} needs a 16/32-bit base: set quant: none (or lora.init: default)")
+            raise ValueError(
+                f"lora.init {self.lora.init} needs a 16/32-bit base: set quant: none (or lora.init: default)"
+            )
         if self.train.fsdp and self.model.backend == "unsloth":
             raise ValueError("train.fsdp is not supported by the unsloth backend: set model.backend: hf")
         return self

@@ -14,8 +14,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from finetune.catalogue import lookup  # noqa: E402
-from finetune.tiny import build_tokenizer  # noqa: E402
+from finetune.model.tiny import build_tokenizer  # noqa: E402
+from finetune.vram.catalogue import lookup  # noqa: E402
 
 
 def main(model_id: str, out: str) -> None:

@@ -30,9 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from finetune.architectures import load_spec  # noqa: E402
-from finetune.catalogue import lookup  # noqa: E402
-from finetune.vram import TrainingSetup, estimate  # noqa: E402
+from finetune.vram.architectures import load_spec  # noqa: E402
+from finetune.vram.catalogue import lookup  # noqa: E402
+from finetune.vram.estimator import TrainingSetup, estimate  # noqa: E402
 
 MODELS = ("meta-llama/Llama-3.2-1B", "Qwen/Qwen2.5-0.5B")
 GiB = 1024**3
@@ -40,24 +40,45 @@ GiB = 1024**3
 
 def grid(quick: bool) -> list[dict]:
     cells = []
-    for model, method, seq, gc_on, batch in itertools.product(MODELS, ("qlora", "lora"), (512, 2048), (True, False), (1, 4)):
+    for model, method, seq, gc_on, batch in itertools.product(
+        MODELS, ("qlora", "lora"), (512, 2048), (True, False), (1, 4)
+    ):
         if quick and not (batch == 4 or (seq == 512 and gc_on)):
             continue
-        cells.append({"model": model, "method": method, "seq_len": seq, "gradient_checkpointing": gc_on, "batch": batch})
+        cells.append(
+            {"model": model, "method": method, "seq_len": seq, "gradient_checkpointing": gc_on, "batch": batch}
+        )
     for model, batch in itertools.product(MODELS, (1, 4)):  # transformers' own loss: materialised fp32 logits
         if not quick or batch == 4:
-            cells.append({"model": model, "method": "qlora", "seq_len": 2048, "gradient_checkpointing": True, "batch": batch, "loss_impl": "full"})
+            cells.append(
+                {
+                    "model": model,
+                    "method": "qlora",
+                    "seq_len": 2048,
+                    "gradient_checkpointing": True,
+                    "batch": batch,
+                    "loss_impl": "full",
+                }
+            )
     # Cheapest first, so a time cap drops the slowest cells.
     return sorted(cells, key=lambda c: (c["batch"] * c["seq_len"], c["gradient_checkpointing"] is False))
 
 
 def setup_for(cell: dict) -> TrainingSetup:
     return TrainingSetup(
-        method=cell["method"], lora_r=16, lora_targets="all-linear", lora_dropout=0.05,
-        micro_batch_size=cell["batch"], seq_len=cell["seq_len"], gradient_checkpointing=cell["gradient_checkpointing"],
-        optimizer="adamw_torch", dtype="bf16", double_quant=True, loss_impl=cell.get("loss_impl", "fused"),
+        method=cell["method"],
+        lora_r=16,
+        lora_targets="all-linear",
+        lora_dropout=0.05,
+        micro_batch_size=cell["batch"],
+        seq_len=cell["seq_len"],
+        gradient_checkpointing=cell["gradient_checkpointing"],
+        optimizer="adamw_torch",
+        dtype="bf16",
+        double_quant=True,
+        loss_impl=cell.get("loss_impl", "fused"),
         attn_implementation="sdpa",
-    )  # fmt: skip
+    )
 
 
 def log(msg: str) -> None:
@@ -106,14 +127,18 @@ def load_model(path: Path, method: str, gc_on: bool):
     kwargs = dict(dtype=torch.bfloat16, device_map={"": 0}, attn_implementation="sdpa")
     if method == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
-        )  # fmt: skip
+        )
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     model.config.use_cache = False
     ckpt = {"use_reentrant": False}  # as finetune.modeling.attach_lora
     if method == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc_on, gradient_checkpointing_kwargs=ckpt)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gc_on, gradient_checkpointing_kwargs=ckpt
+        )
     elif gc_on:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt)
         model.enable_input_require_grads()
@@ -131,32 +156,60 @@ def run_cell(cell: dict, path: Path, tokenizer, workdir: Path) -> dict:
     torch.cuda.reset_peak_memory_stats()
     model = load_model(path, cell["method"], cell["gradient_checkpointing"])
     loaded = torch.cuda.memory_allocated() - baseline
-    load_peak = {"load_peak_allocated": torch.cuda.max_memory_allocated() - baseline,
-                 "load_peak_reserved": torch.cuda.max_memory_reserved(), "reserved_after_load": torch.cuda.memory_reserved()}
+    load_peak = {
+        "load_peak_allocated": torch.cuda.max_memory_allocated() - baseline,
+        "load_peak_reserved": torch.cuda.max_memory_reserved(),
+        "reserved_after_load": torch.cuda.memory_reserved(),
+    }
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(0)
     rows = torch.randint(3, vocab, (cell["batch"] * 3, cell["seq_len"]), generator=g).tolist()
     data = Dataset.from_dict({"input_ids": rows})
     args = SFTConfig(
-        output_dir=str(workdir), max_steps=3, per_device_train_batch_size=cell["batch"], gradient_accumulation_steps=1,
-        gradient_checkpointing=cell["gradient_checkpointing"], gradient_checkpointing_kwargs={"use_reentrant": False}, bf16=True, learning_rate=2e-4, optim="adamw_torch",
-        logging_steps=1, save_strategy="no", report_to=[], max_length=cell["seq_len"], packing=False,
-        dataloader_num_workers=0, seed=0, disable_tqdm=True,
-    )  # fmt: skip
+        output_dir=str(workdir),
+        max_steps=3,
+        per_device_train_batch_size=cell["batch"],
+        gradient_accumulation_steps=1,
+        gradient_checkpointing=cell["gradient_checkpointing"],
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        bf16=True,
+        learning_rate=2e-4,
+        optim="adamw_torch",
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        max_length=cell["seq_len"],
+        packing=False,
+        dataloader_num_workers=0,
+        seed=0,
+        disable_tqdm=True,
+    )
     steps: list[dict] = []
 
     class PeakPerStep(TrainerCallback):
         def on_step_end(self, *_, **__):
-            steps.append({"allocated": torch.cuda.max_memory_allocated() - baseline, "reserved": torch.cuda.max_memory_reserved()})
+            steps.append(
+                {
+                    "allocated": torch.cuda.max_memory_allocated() - baseline,
+                    "reserved": torch.cuda.max_memory_reserved(),
+                }
+            )
 
     if cell.get("loss_impl") == "full":  # plain Trainer: the model's own ForCausalLMLoss over full logits
         from transformers import DataCollatorForLanguageModeling, Trainer
 
         args.remove_unused_columns = False
-        trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[PeakPerStep()],
-                          data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))  # fmt: skip
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=data,
+            callbacks=[PeakPerStep()],
+            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        )
     else:
-        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[PeakPerStep()])
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[PeakPerStep()]
+        )
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     start = time.time()
@@ -234,9 +287,13 @@ def markdown(rows: list[dict], header: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--quick", action="store_true", help="a third of the grid (batch 4, plus short checkpointed runs)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a third of the grid (batch 4, plus short checkpointed runs)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the estimates only; no torch, no GPU")
-    parser.add_argument("--rescore", type=Path, help="re-estimate the measurements of an earlier vram_calibration.json (no GPU)")
+    parser.add_argument(
+        "--rescore", type=Path, help="re-estimate the measurements of an earlier vram_calibration.json (no GPU)"
+    )
     parser.add_argument("--budget-s", type=float, default=270, help="stop starting new cells after this many seconds")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -247,9 +304,22 @@ def main() -> None:
     if args.rescore:
         old = json.loads(args.rescore.read_text())
         header = {**old["header"], "rescored": header["date"]}
-        measured_keys = ("measured_", "device_used_end", "reserved_end", "per_step", "train_seconds", "baseline_", "load_peak", "reserved_after")
+        measured_keys = (
+            "measured_",
+            "device_used_end",
+            "reserved_end",
+            "per_step",
+            "train_seconds",
+            "baseline_",
+            "load_peak",
+            "reserved_after",
+        )
         for r in old["rows"]:
-            cell = {k: r[k] for k in ("model", "method", "seq_len", "gradient_checkpointing", "batch", "loss_impl") if k in r}
+            cell = {
+                k: r[k]
+                for k in ("model", "method", "seq_len", "gradient_checkpointing", "batch", "loss_impl")
+                if k in r
+            }
             rows.append(compare(cell, {k: v for k, v in r.items() if k.startswith(measured_keys)}))
     elif args.dry_run:
         header["mode"] = "dry run (estimates only)"
@@ -258,20 +328,23 @@ def main() -> None:
             r = rows[-1]
             log(f"{cell} -> allocated {r['est_allocated'] / GiB:.2f} GiB, reserved {r['est_reserved'] / GiB:.2f} GiB")
     else:
+        import bitsandbytes
         import peft
         import torch
         import transformers
         import trl
 
-        import bitsandbytes
-
         if not torch.cuda.is_available():
             sys.exit("vram_calibrate: no CUDA device (use --dry-run to print the estimates)")
         header.update(
-            gpu=torch.cuda.get_device_name(0), torch=torch.__version__, cuda=torch.version.cuda,
-            transformers=transformers.__version__, peft=peft.__version__, trl=trl.__version__,
+            gpu=torch.cuda.get_device_name(0),
+            torch=torch.__version__,
+            cuda=torch.version.cuda,
+            transformers=transformers.__version__,
+            peft=peft.__version__,
+            trl=trl.__version__,
             bitsandbytes=bitsandbytes.__version__,
-        )  # fmt: skip
+        )
         with tempfile.TemporaryDirectory() as tmp:
             paths = build_checkpoints(Path(tmp))
             tokenizer = make_tokenizer()

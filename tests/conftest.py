@@ -24,7 +24,7 @@ def finetune_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_path(finetune_home) -> Path:
-    from finetune.tiny import tiny_llama_path
+    from finetune.model.tiny import tiny_llama_path
 
     return tiny_llama_path()
 
@@ -33,7 +33,7 @@ def tiny_model_path(finetune_home) -> Path:
 def tiny_tokenizer(tiny_model_path):
     from transformers import AutoTokenizer
 
-    from finetune.tokenization import ensure_chat_template
+    from finetune.data.tokenize import ensure_chat_template
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     ensure_chat_template(tokenizer, None)
@@ -78,8 +78,13 @@ def write_recipe(tmp_path):
             "model": {"name": "builtin:tiny-llama"},
             "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
             "data": {"path": str(ROOT / "data" / "finance_qa.jsonl"), "max_length": 256},
-            "train": {"epochs": 1, "micro_batch_size": 8, "gradient_accumulation": 1, "learning_rate": 3e-3,
-                      "gradient_checkpointing": False},
+            "train": {
+                "epochs": 1,
+                "micro_batch_size": 8,
+                "gradient_accumulation": 1,
+                "learning_rate": 3e-3,
+                "gradient_checkpointing": False,
+            },
         }
         _merge(recipe, overrides or {})
         path.write_text(yaml.safe_dump(recipe), encoding="utf-8")

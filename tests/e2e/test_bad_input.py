@@ -32,42 +32,79 @@ CASES = [
     ("binary file", lambda t: ("data", b"\x89PNG\x00\x00\x01"), "looks like a binary file"),
     ("wrong encoding", lambda t: ("data", '{"text": "café"}\n'.encode("latin-1")), "not valid UTF-8"),
     ("broken jsonl line", lambda t: ("data", b'{"text": "a"}\n{"text": \n'), "d.jsonl:2: invalid JSON"),
-    ("jsonl array line", lambda t: ("data", b'[1, 2]\n'), "d.jsonl:1: expected a JSON object"),
+    ("jsonl array line", lambda t: ("data", b"[1, 2]\n"), "d.jsonl:1: expected a JSON object"),
     ("unknown columns", lambda t: ("data", b'{"q": "a", "a": "b"}\n'), "cannot detect the data format"),
-    ("chat without assistant", lambda t: ("rows", [{"messages": [{"role": "user", "content": "hi"}]}] * 5),
-     "chat has no assistant turn"),
-    ("roles out of order", lambda t: ("rows", [{"messages": [{"role": "user", "content": "a"},
-                                                             {"role": "user", "content": "b"}]}] * 5),
-     "roles out of order"),
+    (
+        "chat without assistant",
+        lambda t: ("rows", [{"messages": [{"role": "user", "content": "hi"}]}] * 5),
+        "chat has no assistant turn",
+    ),
+    (
+        "roles out of order",
+        lambda t: ("rows", [{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}] * 5),
+        "roles out of order",
+    ),
     ("unknown role", lambda t: ("rows", [{"messages": [{"role": "robot", "content": "a"}]}] * 5), "has role 'robot'"),
     ("empty messages", lambda t: ("rows", [{"messages": []}] * 5), "'messages' must be a non-empty list"),
     ("empty answer", lambda t: ("rows", rows(output="")), "missing or empty 'output'"),
-    ("label not in set", lambda t: ("recipe", {"data": {"classification": {"labels": ["up", "down"]}}},
-                                    [{"text": "x", "label": "sideways"}] * 5), "is not in the label set"),
+    (
+        "label not in set",
+        lambda t: (
+            "recipe",
+            {"data": {"classification": {"labels": ["up", "down"]}}},
+            [{"text": "x", "label": "sideways"}] * 5,
+        ),
+        "is not in the label set",
+    ),
     ("all rows too long", lambda t: ("rows", rows(instruction="x" * 600)), "longer than data.max_length"),
-    ("split leaves no validation", lambda t: ("recipe", {"data": {"split": {"validation": 0.0}}}, rows()),
-     "validation split is empty"),
-    ("split fractions sum to 1", lambda t: ("recipe", {"data": {"split": {"validation": 0.5, "test": 0.5}}}, rows()),
-     "validation + test must be below 1"),
-    ("negative learning rate", lambda t: ("recipe", {"train": {"learning_rate": -1e-4}}, rows()), "train.learning_rate"),
+    (
+        "split leaves no validation",
+        lambda t: ("recipe", {"data": {"split": {"validation": 0.0}}}, rows()),
+        "validation split is empty",
+    ),
+    (
+        "split fractions sum to 1",
+        lambda t: ("recipe", {"data": {"split": {"validation": 0.5, "test": 0.5}}}, rows()),
+        "validation + test must be below 1",
+    ),
+    (
+        "negative learning rate",
+        lambda t: ("recipe", {"train": {"learning_rate": -1e-4}}, rows()),
+        "train.learning_rate",
+    ),
     ("epochs 0", lambda t: ("recipe", {"train": {"epochs": 0}}, rows()), "train.epochs"),
     ("micro batch 0", lambda t: ("recipe", {"train": {"micro_batch_size": 0}}, rows()), "train.micro_batch_size"),
     ("max_length 0", lambda t: ("recipe", {"data": {"max_length": 0}}, rows()), "data.max_length"),
     ("wrong type", lambda t: ("recipe", {"lora": {"r": "sixteen"}}, rows()), "lora.r"),
     ("unknown key", lambda t: ("recipe", {"train": {"epoch": 2}}, rows()), "did you mean 'epochs'"),
     ("unknown optimizer", lambda t: ("recipe", {"train": {"optimizer": "adam"}}, rows()), "train.optimizer"),
-    ("lora target matches nothing", lambda t: ("recipe", {"lora": {"target_modules": ["qkv"]}}, rows()),
-     "lora.target_modules"),
+    (
+        "lora target matches nothing",
+        lambda t: ("recipe", {"lora": {"target_modules": ["qkv"]}}, rows()),
+        "lora.target_modules",
+    ),
     ("model dir without config", lambda t: ("model", {}), "no config.json"),
-    ("pickle-only checkpoint", lambda t: ("model", {"config.json": "tiny", "pytorch_model.bin": b"x"}),
-     "only pickle weights"),
-    ("unsupported architecture", lambda t: ("model", {"config.json": {"model_type": "made-up"}}),
-     "unsupported architecture"),
-    ("unknown hub id offline", lambda t: ("recipe", {"model": {"name": "acme/no-such-model"}}, rows()),
-     "unknown model id or the hub is unreachable"),
+    (
+        "pickle-only checkpoint",
+        lambda t: ("model", {"config.json": "tiny", "pytorch_model.bin": b"x"}),
+        "only pickle weights",
+    ),
+    (
+        "unsupported architecture",
+        lambda t: ("model", {"config.json": {"model_type": "made-up"}}),
+        "unsupported architecture",
+    ),
+    (
+        "unknown hub id offline",
+        lambda t: ("recipe", {"model": {"name": "acme/no-such-model"}}, rows()),
+        "unknown model id or the hub is unreachable",
+    ),
     ("missing data file", lambda t: ("recipe", {"data": {"path": "nope.jsonl"}}, rows()), "data file not found"),
-    ("unsupported data suffix", lambda t: ("recipe", {"data": {"path": str(ROOT / "README.md")}}, rows()),
-     "unsupported file type"),
+    (
+        "unsupported data suffix",
+        lambda t: ("recipe", {"data": {"path": str(ROOT / "README.md")}}, rows()),
+        "unsupported file type",
+    ),
     ("both path and train", lambda t: ("recipe", {"data": {"train": "x.jsonl"}}, rows()), "give either `path`"),
     ("malformed yaml", lambda t: ("yaml", "model:\n  name: a\n    b: c\n"), "mapping values are not allowed"),
     ("recipe not a mapping", lambda t: ("yaml", "- a\n- b\n"), "a recipe is a YAML mapping"),
@@ -123,7 +160,9 @@ def test_trl_without_its_loss_kernel_stops_before_loading_the_model(tmp_path, mo
     from trl.trainer import utils
 
     monkeypatch.setattr(utils, "_ChunkedLogProbFunction", None)  # what trl 1.15 leaves when Triton is missing
-    result = CliRunner().invoke(app, ["train", str(ROOT / "recipes" / "quickstart.yaml"), "-o", str(tmp_path / "r"), "-q"])
+    result = CliRunner().invoke(
+        app, ["train", str(ROOT / "recipes" / "quickstart.yaml"), "-o", str(tmp_path / "r"), "-q"]
+    )
     assert result.exit_code == 2, result.output
     assert "needs Triton (a CUDA GPU) for its SFT loss: pip install 'trl>=1.16'" in result.stderr
     assert not (tmp_path / "r").exists()

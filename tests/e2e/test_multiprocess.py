@@ -12,8 +12,9 @@ QUICK = ROOT / "recipes" / "quickstart.yaml"
 
 
 def test_two_processes_train_one_run_with_half_the_steps(tmp_path):
-    result = CliRunner().invoke(app, ["train", str(QUICK), "-o", str(tmp_path / "ddp"), "--nproc", "2", "-q",
-                                      "--set", "train.epochs=1"])  # fmt: skip
+    result = CliRunner().invoke(
+        app, ["train", str(QUICK), "-o", str(tmp_path / "ddp"), "--nproc", "2", "-q", "--set", "train.epochs=1"]
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
     ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
@@ -38,7 +39,7 @@ def test_nproc_must_be_positive(tmp_path):
 
 
 def test_the_first_failing_rank_leaves_the_message(tmp_path, monkeypatch):
-    from finetune.launch import USER_ERROR_FILE, report_user_error
+    from finetune.train.launch import USER_ERROR_FILE, report_user_error
 
     assert report_user_error("anything") is False  # not under `--nproc`: the worker prints it itself
     monkeypatch.setenv(USER_ERROR_FILE, str(tmp_path / "user-error"))
@@ -56,7 +57,7 @@ def test_the_first_failing_rank_leaves_the_message(tmp_path, monkeypatch):
 
 def test_bad_input_found_by_the_workers_exits_2(tmp_path, capfd):
     """A UserError raised inside the torchrun workers (here: nothing to resume) is exit 2, said once."""
-    from finetune.launch import relaunch
+    from finetune.train.launch import relaunch
 
     code = relaunch(2, [str(QUICK), "-o", str(tmp_path / "none"), "--resume", "-q"])
     assert code == 2

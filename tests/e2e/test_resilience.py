@@ -51,12 +51,26 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     assert not (run / "metrics.json").exists(), "a killed run must not look finished"
 
     resumed = subprocess.run(
-        [sys.executable, "-m", "finetune", "train", str(QUICK), "-o", str(run), "-q", "--resume",
-         *[f"--set={s}" for s in SETTINGS]],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "finetune",
+            "train",
+            str(QUICK),
+            "-o",
+            str(run),
+            "-q",
+            "--resume",
+            *[f"--set={s}" for s in SETTINGS],
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert resumed.returncode == 0, resumed.stderr
-    done, expected = json.loads((run / "metrics.json").read_text()), json.loads((reference / "metrics.json").read_text())
+    done, expected = (
+        json.loads((run / "metrics.json").read_text()),
+        json.loads((reference / "metrics.json").read_text()),
+    )
     assert done["global_step"] == expected["global_step"] == 40
     assert done["events"][0]["type"] == "resume" and done["events"][0]["step"] >= 8
     assert eval_losses(run)[:1] == eval_losses(reference)[:1], "identical up to the checkpoint"
@@ -82,7 +96,9 @@ def test_resume_refuses_a_changed_recipe_or_data(tmp_path, write_recipe):
     recipe = write_recipe({"train": {"max_steps": 4, "eval_steps": 2}})
     run = train_run(tmp_path / "run", recipe)
     runner = CliRunner()
-    changed = runner.invoke(app, ["train", str(recipe), "-o", str(run), "--resume", "--set", "train.learning_rate=1e-4"])
+    changed = runner.invoke(
+        app, ["train", str(recipe), "-o", str(run), "--resume", "--set", "train.learning_rate=1e-4"]
+    )
     assert changed.exit_code == 2 and "the recipe changed since checkpoint-4" in changed.output
     again = runner.invoke(app, ["train", str(recipe), "-o", str(run)])
     assert again.exit_code == 2 and "--resume" in again.output and "--overwrite" in again.output
@@ -91,7 +107,7 @@ def test_resume_refuses_a_changed_recipe_or_data(tmp_path, write_recipe):
 
 
 def test_an_incomplete_checkpoint_is_ignored(tmp_path, write_recipe):
-    from finetune.checkpoints import MARKER, latest_complete
+    from finetune.train.checkpoints import MARKER, latest_complete
 
     recipe = write_recipe({"train": {"max_steps": 4, "eval_steps": 2}})
     run = train_run(tmp_path / "run", recipe)
@@ -105,11 +121,19 @@ def test_an_incomplete_checkpoint_is_ignored(tmp_path, write_recipe):
 def test_spike_guard_stops_a_real_divergence(tmp_path, write_recipe):
     # An absurd learning rate: one Adam step moves every adapter weight by ~1e30, the activations
     # overflow and the loss turns NaN; rollbacks halve the rate twice, then the run stops.
-    recipe = write_recipe({
-        "train": {"learning_rate": 1e30, "max_steps": 30, "eval_steps": 10, "warmup_ratio": 0.0,
-                  "lr_scheduler": "constant", "max_grad_norm": 1e9},
-        "spike_guard": {"max_spikes": 2, "window": 10, "max_rollbacks": 2},
-    })  # fmt: skip
+    recipe = write_recipe(
+        {
+            "train": {
+                "learning_rate": 1e30,
+                "max_steps": 30,
+                "eval_steps": 10,
+                "warmup_ratio": 0.0,
+                "lr_scheduler": "constant",
+                "max_grad_norm": 1e9,
+            },
+            "spike_guard": {"max_spikes": 2, "window": 10, "max_rollbacks": 2},
+        }
+    )
     result = CliRunner().invoke(app, ["train", str(recipe), "-o", str(tmp_path / "run"), "-q"])
     assert result.exit_code == 1, result.output
     assert "training diverged" in result.output and "Traceback" not in result.output
@@ -131,10 +155,13 @@ def test_hub_token_never_reaches_the_run_directory(tmp_path, write_recipe, monke
 def test_an_adapter_with_non_finite_weights_is_never_saved(tmp_path, tiny_model_path, write_recipe):
     import torch
 
-    from finetune import modeling, run_dir
     from finetune.config import load_recipe
+    from finetune.model import loading
+    from finetune.run import run_dir
 
-    model = modeling.load_for_training(str(tiny_model_path), load_recipe(write_recipe()), torch.device("cpu"), torch.float32)
+    model = loading.load_for_training(
+        str(tiny_model_path), load_recipe(write_recipe()), torch.device("cpu"), torch.float32
+    )
     next(p for p in model.parameters() if p.requires_grad).data[0, 0] = float("nan")
     with pytest.raises(RuntimeError, match="non-finite"):
         run_dir.save_adapter(tmp_path, model, None)
@@ -147,10 +174,13 @@ def test_a_gathered_state_dict_is_what_gets_saved(tmp_path, tiny_model_path, tin
     import torch
     from safetensors.torch import load_file
 
-    from finetune import modeling, run_dir
     from finetune.config import load_recipe
+    from finetune.model import loading
+    from finetune.run import run_dir
 
-    model = modeling.load_for_training(str(tiny_model_path), load_recipe(write_recipe()), torch.device("cpu"), torch.float32)
+    model = loading.load_for_training(
+        str(tiny_model_path), load_recipe(write_recipe()), torch.device("cpu"), torch.float32
+    )
     gathered = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     key = next(name for name in gathered if "lora_B" in name)
     gathered[key].fill_(0.5)
@@ -173,8 +203,20 @@ def test_a_full_disk_is_one_line_exit_2_and_leaves_nothing_finished(tmp_path, ti
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "finetune", "train", str(ROOT / "recipes" / "quickstart.yaml"), "-o", str(run),
-               "-q", "--set", "train.max_steps=4", "--set", "train.eval_steps=2"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "finetune",
+        "train",
+        str(ROOT / "recipes" / "quickstart.yaml"),
+        "-o",
+        str(run),
+        "-q",
+        "--set",
+        "train.max_steps=4",
+        "--set",
+        "train.eval_steps=2",
+    ]
     done = subprocess.run(command, preexec_fn=limit_file_size, capture_output=True, text=True, timeout=600)
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode == 2, done.stderr[-2000:]

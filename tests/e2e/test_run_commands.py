@@ -56,10 +56,23 @@ def test_eval_classification_by_generation(sentiment_run, tmp_path):
 
 
 def test_eval_of_another_file_with_explicit_labels(quickstart_run, tmp_path):
-    rows = [{"text": f"Stock {i} {'soars' if i % 2 else 'slumps'}", "label": "up" if i % 2 else "down"} for i in range(6)]
+    rows = [
+        {"text": f"Stock {i} {'soars' if i % 2 else 'slumps'}", "label": "up" if i % 2 else "down"} for i in range(6)
+    ]
     data_file = write_jsonl(tmp_path / "cls.jsonl", rows)
-    result = invoke("eval", quickstart_run, "--data", data_file, "--task", "classification", "--labels", "up,down",
-                    "-o", tmp_path / "e", "--json")  # fmt: skip
+    result = invoke(
+        "eval",
+        quickstart_run,
+        "--data",
+        data_file,
+        "--task",
+        "classification",
+        "--labels",
+        "up,down",
+        "-o",
+        tmp_path / "e",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["finetuned"]["labels"] == ["up", "down"]
 
@@ -70,7 +83,9 @@ def test_eval_bad_input(quickstart_run, sentiment_run, tmp_path, write_recipe):
     (unfinished / "recipe.yaml").write_text("x: 1")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    no_test = train_run(tmp_path / "no_test", write_recipe({"data": {"split": {"test": 0.0}}, "train": {"max_steps": 2}}))
+    no_test = train_run(
+        tmp_path / "no_test", write_recipe({"data": {"split": {"test": 0.0}}, "train": {"max_steps": 2}})
+    )
     cases = [
         (["eval", unfinished], "not a finished run"),
         (["eval", tmp_path / "missing"], "no such run directory"),
@@ -86,10 +101,10 @@ def test_eval_bad_input(quickstart_run, sentiment_run, tmp_path, write_recipe):
 
 
 def test_generate_streams_with_the_training_template(quickstart_run):
-    from finetune.generation import prompt_ids
-    from finetune.inference import load_model, open_run
-    from finetune.tokenization import encode
-    from finetune.data import Example
+    from finetune.data.read import Example
+    from finetune.data.tokenize import encode
+    from finetune.run.generation import prompt_ids
+    from finetune.run.inference import load_model, open_run
 
     result = invoke("generate", quickstart_run, "What is a bond?", "--max-new-tokens", "12")
     assert result.exit_code == 0, result.output
@@ -103,21 +118,31 @@ def test_generate_streams_with_the_training_template(quickstart_run):
 
 
 def test_chat_loop_keeps_history_resets_and_exits(quickstart_run):
-    from finetune.generation import chat_loop, trim_history
-    from finetune.inference import load_model, open_run
+    from finetune.run.generation import chat_loop, trim_history
+    from finetune.run.inference import load_model, open_run
 
     model, tokenizer = load_model(open_run(quickstart_run))
     lines = iter(["hello", "/reset", "hi again", "/exit", "never read"])
     stream = io.StringIO()
-    chat_loop(model, tokenizer, read=lambda _: next(lines), stream=stream, system=None, max_new_tokens=4,
-              temperature=0.0, context_length=256)  # fmt: skip
+    chat_loop(
+        model,
+        tokenizer,
+        read=lambda _: next(lines),
+        stream=stream,
+        system=None,
+        max_new_tokens=4,
+        temperature=0.0,
+        context_length=256,
+    )
     text = stream.getvalue()
     assert text.count("model> ") == 2 and "(conversation cleared)" in text
     assert next(lines) == "never read"
 
-    long = [{"role": "system", "content": "S"}] + [
-        {"role": role, "content": "x" * 40} for _ in range(6) for role in ("user", "assistant")
-    ] + [{"role": "user", "content": "last"}]
+    long = (
+        [{"role": "system", "content": "S"}]
+        + [{"role": role, "content": "x" * 40} for _ in range(6) for role in ("user", "assistant")]
+        + [{"role": "user", "content": "last"}]
+    )
     kept = trim_history(tokenizer, long, budget=150)
     assert kept[0]["role"] == "system" and kept[-1]["content"] == "last" and len(kept) < len(long)
 
@@ -129,7 +154,9 @@ def test_merge_equals_base_plus_adapter(quickstart_run, tmp_path):
     out = tmp_path / "merged"
     result = invoke("merge", quickstart_run, "-o", out, "--dtype", "fp32")
     assert result.exit_code == 0, result.output
-    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= {
+        p.name for p in out.iterdir()
+    }
     merged = AutoModelForCausalLM.from_pretrained(out)
     base_path = json.loads((quickstart_run / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
     reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), quickstart_run / "adapter")
@@ -137,7 +164,10 @@ def test_merge_equals_base_plus_adapter(quickstart_run, tmp_path):
     with torch.no_grad():
         difference = (merged(ids).logits - reference(ids).logits).abs().max().item()
     assert difference < 1e-4  # fp32: merging W + BA*scale only reorders the same float operations
-    assert AutoTokenizer.from_pretrained(out).chat_template == AutoTokenizer.from_pretrained(quickstart_run / "adapter").chat_template
+    assert (
+        AutoTokenizer.from_pretrained(out).chat_template
+        == AutoTokenizer.from_pretrained(quickstart_run / "adapter").chat_template
+    )
 
     again = invoke("merge", quickstart_run, "-o", out)
     assert again.exit_code == 2 and "--overwrite" in again.output
@@ -145,8 +175,13 @@ def test_merge_equals_base_plus_adapter(quickstart_run, tmp_path):
 
 def test_pissa_adapter_is_converted_to_plain_lora_on_the_original_base(tmp_path):
     # PiSSA rewrites the base weights at init; the saved adapter must still work on the original base.
-    run = train_run(tmp_path / "pissa", ROOT / "recipes" / "quickstart.yaml",
-                    "lora.init=pissa", "quant.method=none", "train.epochs=1")  # fmt: skip
+    run = train_run(
+        tmp_path / "pissa",
+        ROOT / "recipes" / "quickstart.yaml",
+        "lora.init=pissa",
+        "quant.method=none",
+        "train.epochs=1",
+    )
     config = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert config["r"] == 16 and config["init_lora_weights"] is True  # rank 2r: the conversion happened
     result = invoke("eval", run, "--split", "validation", "-o", tmp_path / "e", "--json")

@@ -34,9 +34,23 @@ def test_quickstart_writes_a_complete_run_directory(quickstart_run):
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     metrics = json.loads((run / "metrics.json").read_text())
-    for key in ("global_step", "epochs_completed", "best_step", "best_eval_loss", "stopped_early", "history",
-                "test_loss", "test_perplexity", "world_size", "backend", "versions", "data_hash",
-                "recipe_hash", "events", "timings"):
+    for key in (
+        "global_step",
+        "epochs_completed",
+        "best_step",
+        "best_eval_loss",
+        "stopped_early",
+        "history",
+        "test_loss",
+        "test_perplexity",
+        "world_size",
+        "backend",
+        "versions",
+        "data_hash",
+        "recipe_hash",
+        "events",
+        "timings",
+    ):
         assert key in metrics, key
     assert metrics["world_size"] == 1 and metrics["backend"] == "hf"
     assert metrics["splits"] == {"train": 320, "validation": 40, "test": 40}
@@ -56,14 +70,14 @@ def test_quickstart_writes_a_complete_run_directory(quickstart_run):
 
 def test_adapter_reloads_with_plain_peft_and_reproduces_the_validation_loss(quickstart_run):
     import torch
+    from datasets import Dataset
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
     from trl import SFTTrainer
 
     from finetune.config import load_recipe
-    from finetune.data import load_splits
-    from finetune.tokenization import encode_split
-    from datasets import Dataset
+    from finetune.data.read import load_splits
+    from finetune.data.tokenize import encode_split
 
     adapter = quickstart_run / "adapter"
     base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
@@ -74,22 +88,35 @@ def test_adapter_reloads_with_plain_peft_and_reproduces_the_validation_loss(quic
 
     # 2. The same 4-bit base as in training reproduces the recorded best validation loss.
     recipe = load_recipe(quickstart_run / "recipe.yaml")
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.float32)
-    base4 = AutoModelForCausalLM.from_pretrained(base, quantization_config=quant, dtype=torch.float32,
-                                                 device_map={"": "cpu"})
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
+    base4 = AutoModelForCausalLM.from_pretrained(
+        base, quantization_config=quant, dtype=torch.float32, device_map={"": "cpu"}
+    )
     model4 = PeftModel.from_pretrained(base4, adapter)
     tokenizer = AutoTokenizer.from_pretrained(adapter)
     validation = load_splits(recipe.data).validation
     columns, _ = encode_split(validation, tokenizer, recipe.data.max_length, True)
 
-    from finetune.trainer_setup import sft_config
-    from finetune.training import make_plan
+    from finetune.train.plan import make_plan
+    from finetune.train.trainer import sft_config
 
-    plan = make_plan(recipe, load_splits(recipe.data))
+    splits = load_splits(recipe.data)
+    plan = make_plan(
+        recipe, train_rows=len(splits.train), validation_rows=len(splits.validation), test_rows=len(splits.test)
+    )
     args = sft_config(recipe, plan, quickstart_run / "reeval", torch.float32, torch.device("cpu"))
-    trainer = SFTTrainer(model=model4, args=args, eval_dataset=Dataset.from_dict(columns),
-                         train_dataset=Dataset.from_dict(columns), processing_class=tokenizer)
+    trainer = SFTTrainer(
+        model=model4,
+        args=args,
+        eval_dataset=Dataset.from_dict(columns),
+        train_dataset=Dataset.from_dict(columns),
+        processing_class=tokenizer,
+    )
     loss = trainer.evaluate()["eval_loss"]
     metrics = json.loads((quickstart_run / "metrics.json").read_text())
     assert loss == pytest.approx(metrics["best_eval_loss"], rel=1e-4)
@@ -100,11 +127,13 @@ def test_early_stopping_stops_when_validation_loss_rises(tmp_path, write_recipe)
     # validation loss rise from the first evaluation, so early stopping must end the run.
     train = write_jsonl(tmp_path / "train.jsonl", [{"prompt": f"Q{i}", "completion": "a" * 20} for i in range(64)])
     val = write_jsonl(tmp_path / "val.jsonl", [{"prompt": f"Q{i}", "completion": "z" * 20} for i in range(8)])
-    recipe = write_recipe({
-        "data": {"path": None, "train": str(train), "validation": str(val)},
-        "train": {"epochs": 3, "eval_steps": 2, "learning_rate": 1e-2},
-        "early_stopping": {"patience": 2},
-    })
+    recipe = write_recipe(
+        {
+            "data": {"path": None, "train": str(train), "validation": str(val)},
+            "train": {"epochs": 3, "eval_steps": 2, "learning_rate": 1e-2},
+            "early_stopping": {"patience": 2},
+        }
+    )
     result = run_cli("train", recipe, "-o", tmp_path / "run", "-q")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -119,23 +148,27 @@ def test_base_weights_stay_frozen_and_adapter_weights_change(tiny_model_path, wr
     import bitsandbytes as bnb
     import torch
 
-    from finetune import modeling
     from finetune.config import load_recipe
+    from finetune.model import loading
 
     recipe = load_recipe(write_recipe())
-    model = modeling.load_for_training(str(tiny_model_path), recipe, torch.device("cpu"), torch.float32)
+    model = loading.load_for_training(str(tiny_model_path), recipe, torch.device("cpu"), torch.float32)
     # bitsandbytes repacks 4-bit weights into a CPU kernel layout on the first forward, so the packed
     # bytes may change while the weight does not: compare each quantized layer by its outputs.
     quantized = {n: m for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
     assert quantized, "the base is really 4-bit"
-    probes = {n: torch.randn(2, 3, m.in_features, generator=torch.Generator().manual_seed(0)) for n, m in quantized.items()}
+    probes = {
+        n: torch.randn(2, 3, m.in_features, generator=torch.Generator().manual_seed(0)) for n, m in quantized.items()
+    }
 
     def layer_outputs():
         with torch.no_grad():
             return {n: m(probes[n]) for n, m in quantized.items()}
 
     before_outputs = layer_outputs()
-    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad and p.dtype != torch.uint8}
+    frozen = {
+        n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad and p.dtype != torch.uint8
+    }
     lora = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     assert lora and all("lora_" in n for n in lora)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -243,7 +276,7 @@ def test_dry_run_counts_steps_over_packed_sequences(tmp_path, write_recipe, monk
     train() does; flash-attn is faked as installed: packing is chosen but nothing runs on a GPU."""
     import re
 
-    from finetune import batching
+    from finetune.data import batching
 
     recipe = write_recipe({"model": {"attn_implementation": "flash_attention_2"}, "data": {"max_length": 1024}})
     grouped = run_cli("train", recipe, "-o", tmp_path / "run", "--dry-run")

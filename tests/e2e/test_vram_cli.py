@@ -17,10 +17,20 @@ def invoke(*args):
 
 
 def test_json_is_one_object_with_the_contract_keys():
-    result = invoke("vram-estimate", "--model", "meta-llama/Llama-3.2-1B", "--batch-size", "2", "--seq-len", "2048", "--json")
+    result = invoke(
+        "vram-estimate", "--model", "meta-llama/Llama-3.2-1B", "--batch-size", "2", "--seq-len", "2048", "--json"
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert {"model", "parameters", "components", "peak_allocated_bytes", "peak_reserved_bytes", "total_bytes", "gpus"} <= set(data)
+    assert {
+        "model",
+        "parameters",
+        "components",
+        "peak_allocated_bytes",
+        "peak_reserved_bytes",
+        "total_bytes",
+        "gpus",
+    } <= set(data)
     assert data["parameters"]["total"] == 1_235_814_400
     assert data["peak_allocated_bytes"] <= data["peak_reserved_bytes"] < data["total_bytes"]
     assert {gpu["name"] for gpu in data["gpus"]} >= {"T4 16GB", "A100 80GB", "H100 80GB"}
@@ -29,7 +39,9 @@ def test_json_is_one_object_with_the_contract_keys():
 def test_flags_override_the_recipe():
     recipe = ROOT / "recipes" / "llama-3.2-1b-finance.yaml"
     base = json.loads(invoke("vram-estimate", recipe, "--json").stdout)
-    bigger = json.loads(invoke("vram-estimate", recipe, "--batch-size", "8", "--no-gradient-checkpointing", "--json").stdout)
+    bigger = json.loads(
+        invoke("vram-estimate", recipe, "--batch-size", "8", "--no-gradient-checkpointing", "--json").stdout
+    )
     assert base["setup"]["micro_batch_size"] == 4 and bigger["setup"]["micro_batch_size"] == 8
     assert bigger["setup"]["gradient_checkpointing"] is False
     assert bigger["peak_allocated_bytes"] > base["peak_allocated_bytes"]
@@ -88,8 +100,8 @@ def test_the_estimate_is_an_upper_bound_that_never_refuses_with_unsloth_or_fsdp(
     from rich.console import Console
 
     from finetune.config import load_recipe
-    from finetune.modeling import resolve_model_path
-    from finetune.training import preflight
+    from finetune.model.loading import resolve_model_path
+    from finetune.train.loop import preflight
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (100 * 2**20, 16 * 2**30))

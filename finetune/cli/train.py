@@ -1,0 +1,123 @@
+"""`finetune train`, `validate` and `recipes`: a recipe in, a run directory (or a verdict) out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from finetune.cli.app import Debug, Overrides, app, console, handle_errors
+from finetune.errors import UserError
+
+
+@app.command()
+@handle_errors
+def train(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Run directory (default: output.dir).")] = None,
+    set_: Overrides = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty run directory.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the run's newest complete checkpoint.")
+    ] = False,
+    allow_pickle: Annotated[
+        bool, typer.Option("--allow-pickle", help="Allow .bin/.pt weights (pickle can run code when loaded).")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate, read and tokenize the data, print the plan; load no weights.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Train even if the VRAM estimate exceeds free GPU memory.")
+    ] = False,
+    nproc: Annotated[int, typer.Option("--nproc", help="Data-parallel processes (GPUs) through torchrun.")] = 1,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show library warnings and logs.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Fine-tune a model as the recipe says and write a run directory.
+
+    Example: finetune train recipes/quickstart.yaml -o runs/quick --set train.epochs=1
+    """
+    from finetune.config import load_recipe
+    from finetune.train.launch import finish
+    from finetune.train.loop import Stopped
+    from finetune.train.workflow import TrainRequest, fine_tune
+
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; choose one")
+    if nproc < 1:
+        raise UserError(f"--nproc must be at least 1 (got {nproc})")
+    loaded = load_recipe(recipe, [*(set_ or []), *(["model.allow_pickle=true"] if allow_pickle else [])])
+    run = output or Path(loaded.output.dir or f"runs/{recipe.stem}")
+    loaded.output.dir = str(run)
+    switches = {
+        "--overwrite": overwrite,
+        "--resume": resume,
+        "--allow-pickle": allow_pickle,
+        "--force": force,
+        "-q": quiet,
+        "-v": verbose,
+        "--debug": debug,
+    }
+    request = TrainRequest(
+        run=run,
+        overwrite=overwrite,
+        resume=resume,
+        dry_run=dry_run,
+        force=force,
+        nproc=nproc,
+        progress=not quiet,
+        verbose=verbose,
+        worker_args=[
+            str(recipe),
+            "-o",
+            str(run),
+            *(f"--set={s}" for s in set_ or []),
+            *(f for f, on in switches.items() if on),
+        ],
+    )
+    try:
+        code = fine_tune(loaded, request, console)
+    except Stopped as stop:  # every rank stops together (the stop decisions are agreed across ranks)
+        finish()
+        hint = f"; resume with: finetune train {recipe} -o {run} --resume" if stop.resumable else ""
+        typer.echo(f"stopped: {stop}{hint}", err=True)
+        raise typer.Exit(stop.exit_code) from None
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+@handle_errors
+def validate(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    set_: Overrides = None,
+    debug: Debug = False,
+) -> None:
+    """Check a recipe (keys, types, values) and its data without loading a model.
+
+    Example: finetune validate recipes/llama-3.2-1b-finance.yaml
+    """
+    from finetune.config import load_recipe
+    from finetune.data.read import load_splits
+
+    loaded = load_recipe(recipe, set_ or [])
+    splits = load_splits(loaded.data)
+    sizes = ", ".join(f"{k} {v}" for k, v in splits.sizes().items())
+    typer.echo(f"{recipe}: valid ({splits.format} data: {sizes})")
+
+
+@app.command()
+@handle_errors
+def recipes(debug: Debug = False) -> None:
+    """List the recipes shipped with finetune, one line each."""
+    import yaml
+
+    from finetune.config import shipped_recipes_dir
+
+    paths = sorted(shipped_recipes_dir().glob("*.yaml"))
+    width = max((len(p.name) for p in paths), default=0)
+    for path in paths:
+        description = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("description", "")
+        typer.echo(f"recipes/{path.name:<{width}}  {description}")

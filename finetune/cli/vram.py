@@ -1,0 +1,141 @@
+"""`finetune vram-estimate`: the peak GPU memory of a run, before the run, and which GPUs it fits."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from finetune.cli.app import Debug, Overrides, app, emit_json, handle_errors, out, stdout_to_stderr
+from finetune.errors import UserError
+
+
+@app.command("vram-estimate")
+@handle_errors
+def vram_estimate(
+    recipe: Annotated[Path | None, typer.Argument(help="Recipe YAML (optional): estimate exactly this run.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Hub id, local directory or builtin:tiny-llama.")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="full | lora | qlora")] = None,
+    lora_r: Annotated[int | None, typer.Option("--lora-r", help="LoRA rank.")] = None,
+    lora_targets: Annotated[str | None, typer.Option("--lora-targets", help="all-linear or q_proj,v_proj,...")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Micro-batch size per GPU.")] = None,
+    seq_len: Annotated[int | None, typer.Option("--seq-len", help="Tokens per sequence (data.max_length).")] = None,
+    gradient_checkpointing: Annotated[
+        bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations.")
+    ] = None,
+    optimizer: Annotated[
+        str | None, typer.Option("--optimizer", help="adamw_torch | adamw_8bit | paged_adamw_8bit | sgd")
+    ] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="Compute dtype: bf16 | fp16 | fp32.")] = None,
+    loss_impl: Annotated[
+        str | None, typer.Option("--loss-impl", help="fused (TRL, this tool) | full (materialised logits).")
+    ] = None,
+    gpu: Annotated[str | None, typer.Option("--gpu", help="Only this GPU, e.g. T4, A100 80GB.")] = None,
+    gpu_memory: Annotated[float | None, typer.Option("--gpu-memory", help="Usable GiB of your GPU.")] = None,
+    measure_steps: Annotated[
+        bool, typer.Option("--measure", help="Also run real steps on the GPU and compare (CUDA only).")
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    set_: Overrides = None,
+    debug: Debug = False,
+) -> None:
+    """Estimate the peak GPU memory of a training run, before the run, and say which GPUs it fits.
+
+    Example: finetune vram-estimate --model meta-llama/Llama-3.2-1B --batch-size 4 --seq-len 2048 --gpu T4
+    """
+    from finetune.config import load_recipe
+    from finetune.model.loading import quiet_libraries
+    from finetune.train.measure import compare, measure
+    from finetune.vram import estimator
+    from finetune.vram.architectures import load_spec
+
+    if method is not None and method not in estimator.METHODS:
+        raise UserError(f"--method must be one of {', '.join(estimator.METHODS)} (got {method!r})")
+    loaded = None
+    if recipe is not None:
+        # Flags that have a recipe key become overrides, so --measure runs exactly what is estimated.
+        as_keys = {
+            "lora.r": lora_r,
+            "train.micro_batch_size": batch_size,
+            "data.max_length": seq_len,
+            "train.gradient_checkpointing": gradient_checkpointing,
+            "train.optimizer": optimizer,
+            "model.dtype": dtype,
+            "model.name": model,
+            "quant.method": {"lora": "none", "qlora": "nf4"}.get(method or ""),
+            "lora.target_modules": f"[{lora_targets}]"
+            if lora_targets and lora_targets != "all-linear"
+            else lora_targets,
+        }
+        flags = [f"{key}={value}" for key, value in as_keys.items() if value not in (None, "")]
+        loaded = load_recipe(recipe, [*(set_ or []), *flags])
+        setup, model_id = estimator.setup_from_recipe(loaded), loaded.model.name
+        setup = dataclasses.replace(
+            setup, **({"method": method} if method == "full" else {}), **({"loss_impl": loss_impl} if loss_impl else {})
+        )
+    else:
+        if model is None:
+            raise UserError("vram-estimate needs a RECIPE or --model (a hub id, local directory or builtin:tiny-llama)")
+        flags = {
+            "method": method,
+            "lora_r": lora_r,
+            "micro_batch_size": batch_size,
+            "seq_len": seq_len,
+            "gradient_checkpointing": gradient_checkpointing,
+            "optimizer": optimizer,
+            "dtype": dtype,
+            "loss_impl": loss_impl,
+            "lora_targets": tuple(t.strip() for t in lora_targets.split(","))
+            if lora_targets and lora_targets != "all-linear"
+            else lora_targets,
+        }
+        setup = dataclasses.replace(estimator.TrainingSetup(), **{k: v for k, v in flags.items() if v is not None})
+        model_id = model
+    setup.validate()
+    spec = load_spec(model_id)
+    result = estimator.estimate(spec, setup, model=model_id)
+    gpus = select_gpus(gpu, gpu_memory)
+    comparison = None
+    if measure_steps:
+        if loaded is None or setup.method == "full" or setup.loss_impl != "fused":
+            raise UserError("--measure needs a RECIPE and measures this tool's own path (lora/qlora, fused loss)")
+        quiet_libraries(verbose=False)
+        with stdout_to_stderr():  # libraries that print while loading must not reach stdout (--json)
+            comparison = compare(result, measure(loaded))
+    if json_output:
+        emit_json({**result.to_json(gpus), **({"measured": comparison} if comparison else {})})
+        return
+    estimator.render_table(result, out, gpus)
+    for name, gib in (gpus if (gpu or gpu_memory) else dict(list(estimator.GPUS.items())[:1])).items():
+        for tip in estimator.advise(spec, setup, int(gib * estimator.GiB)):
+            out.print(f"[yellow]to fit {name}:[/] {tip}")
+    if comparison:
+        table = Table(title="measured on this GPU")
+        for column in ("", "estimate GiB", "measured GiB", "error %"):
+            table.add_column(column, justify="right" if column else "left")
+        for name, row in comparison.items():
+            table.add_row(
+                name,
+                f"{row['estimate_bytes'] / estimator.GiB:.2f}",
+                f"{row['measured_bytes'] / estimator.GiB:.2f}",
+                f"{row['error_pct']:+.1f}",
+            )
+        out.print(table)
+
+
+def select_gpus(name: str | None, memory_gib: float | None) -> dict[str, float]:
+    from finetune.vram import estimator
+
+    if memory_gib is not None:
+        if memory_gib <= 0:
+            raise UserError(f"--gpu-memory must be positive (got {memory_gib})")
+        return {name or "your GPU": memory_gib}
+    if name is None:
+        return dict(estimator.GPUS)
+    chosen = {k: v for k, v in estimator.GPUS.items() if name.lower().replace(" ", "") in k.lower().replace(" ", "")}
+    if not chosen:
+        raise UserError(f"--gpu {name!r}: unknown GPU; use one of {', '.join(estimator.GPUS)} or give --gpu-memory GIB")
+    return chosen

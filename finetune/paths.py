@@ -1,0 +1,57 @@
+"""Where things live: finetune's cache home, "local path or hub id?", and whether the hub is reachable.
+
+The hub is asked once, quickly, before any hub call.
+
+huggingface_hub retries a failed connection five times with back-off (~25 s); on an offline
+machine or in a locked-down container that is 25 s of noise before a one-line error. A 2 s TCP
+probe answers the question first; when it fails we switch the process to offline mode, so hub
+calls fail at once and cached files still load.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+def cache_home() -> Path:
+    """$FINETUNE_HOME, default ~/.cache/finetune: the tiny model and the token cache."""
+    return Path(os.environ.get("FINETUNE_HOME", Path.home() / ".cache" / "finetune"))
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether a model name is meant as a local path rather than a hub id (org/name).
+
+    ./x, ../x, /x, ~/x, or more than one slash (a hub id has exactly one).
+    """
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+@functools.cache
+def hub_reachable(timeout_s: float = 2.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def go_offline_if_unreachable() -> bool:
+    """Set HF_HUB_OFFLINE when the hub cannot be reached; returns whether it is reachable."""
+    reachable = hub_reachable()
+    if not reachable:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        try:  # huggingface_hub reads the variable at import; update the live constant too
+            from huggingface_hub import constants
+
+            constants.HF_HUB_OFFLINE = True
+        except ImportError:
+            pass
+    return reachable

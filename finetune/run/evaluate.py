@@ -1,0 +1,166 @@
+"""`finetune eval`: pick the examples, score the fine-tune (and the base), write RUN/eval/.
+
+examples  the run's own test split, recreated from its recipe and seed, or --data FILE
+task      lm (loss/perplexity on answer tokens) or classification (label ranking or generation)
+output    eval/metrics.json, eval/predictions.jsonl, eval/confusion.png (classification)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+from finetune.data.read import Example, load_examples, load_splits
+from finetune.data.tokenize import encode
+from finetune.errors import UserError
+from finetune.run import run_dir, scoring
+from finetune.run.inference import TrainedRun, load_model
+
+
+def choose_examples(run: TrainedRun, data: str | None, split: str, task: str, labels: list[str] | None):
+    """(examples, task, labels, source description)."""
+    section = run.recipe.data.model_copy(deep=True)
+    if labels:
+        section.classification.labels = labels
+    if task == "classification":
+        section.format = "classification"
+    if data:
+        examples, fmt, found_labels = load_examples(data, section)
+        source = data
+    else:
+        if split not in ("train", "validation", "test"):
+            raise UserError(f"--split must be train, validation or test (got {split!r})")
+        splits = load_splits(section)
+        examples, fmt, found_labels = getattr(splits, split), splits.format, splits.labels
+        source = f"{split} split of {run.path / 'recipe.yaml'}"
+        if not examples:
+            raise UserError(f"{run.path}: the run has no {split} split; pass --data FILE or --split validation")
+    if task == "auto":
+        task = "classification" if fmt == "classification" else "lm"
+    if task == "classification":
+        labels = labels or found_labels
+        if not labels:  # rows whose label is outside the set were already refused by the data loader
+            raise UserError("classification needs a label set: use the classification format or pass --labels a,b,c")
+    return examples, task, labels or [], source
+
+
+def evaluate_run(
+    run: TrainedRun,
+    *,
+    data: str | None,
+    split: str,
+    task: str,
+    labels: list[str] | None,
+    compare_base: bool,
+    limit: int | None,
+    batch_size: int | None,
+    method: str,
+    out_dir: Path,
+    console: Console,
+    progress: bool = True,
+) -> dict[str, Any]:
+
+    examples, task, labels, source = choose_examples(run, data, split, task, labels)
+    if limit is not None:
+        if limit <= 0:
+            raise UserError(f"--limit must be positive (got {limit})")
+        examples = examples[:limit]
+    batch_size = batch_size or run.recipe.train.eval_batch_size or run.recipe.train.micro_batch_size
+    if batch_size <= 0:
+        raise UserError(f"--batch-size must be positive (got {batch_size})")
+    max_length = run.recipe.data.max_length
+    model, tokenizer = load_model(run)
+
+    def score(name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        with _progress_bar(console, name, len(examples), progress) as advance:
+            start = time.perf_counter()
+            if task == "lm":
+                encoded = [encode(e, tokenizer, max_length, run.recipe.data.completion_only_loss) for e in examples]
+                result = scoring.lm_loss(model, [(x.input_ids, x.labels) for x in encoded], batch_size, advance)
+                rows = [{"input": _prompt_text(e)} for e in examples]
+            else:
+                result, rows = _classify(model, tokenizer, examples, labels, max_length, batch_size, method, advance)
+            result["seconds"] = round(time.perf_counter() - start, 3)
+            result["examples_per_s"] = round(len(examples) / max(result["seconds"], 1e-9), 2)
+        return result, rows
+
+    finetuned, rows = score("fine-tuned")
+    results: dict[str, Any] = {"task": task, "source": source, "examples": len(examples), "finetuned": finetuned}
+    if task == "classification":
+        results["method"] = method
+    if compare_base:
+        with model.disable_adapter():
+            base, base_rows = score("base")
+        results["base"] = base
+        for row, base_row in zip(rows, base_rows, strict=False):
+            row["base_prediction"] = base_row.get("prediction")
+    _write(out_dir, results, rows, labels)
+    return results
+
+
+def _classify(model, tokenizer, examples: list[Example], labels, max_length, batch_size, method, advance):
+    gold = [e.label or (e.messages or [{}])[-1].get("content", "") for e in examples]
+    if method == "rank":
+        scores = scoring.rank_labels(model, tokenizer, examples, labels, max_length, batch_size, advance)
+        predicted = [max(labels, key=lambda label, s=s: s[label]) for s in scores]
+    elif method == "generate":
+        scores = [{} for _ in examples]
+        predicted = scoring.generate_labels(model, tokenizer, examples, labels, batch_size, advance)
+    else:
+        raise UserError(f"--method must be rank or generate (got {method!r})")
+    result = scoring.classification_metrics(gold, predicted, labels)
+    rows = [
+        {"input": _prompt_text(e), "label": g, "prediction": p, **({"scores": s} if s else {})}
+        for e, g, p, s in zip(examples, gold, predicted, scores, strict=False)
+    ]
+    return result, rows
+
+
+def _prompt_text(example: Example) -> str:
+    if example.text is not None:
+        return example.text
+    return next((m["content"] for m in reversed(example.messages[:-1]) if m["role"] == "user"), "")
+
+
+def _write(out_dir: Path, results: dict[str, Any], rows: list[dict[str, Any]], labels: list[str]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.write_atomic(out_dir / "predictions.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    if results["task"] == "classification":
+        scoring.plot_confusion(results["finetuned"]["confusion_matrix"], labels, out_dir / "confusion.png")
+    run_dir.write_json(out_dir / "metrics.json", results)
+
+
+class _Rate(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed or 0:.1f} ex/s")
+
+
+class _progress_bar:
+    """A rich progress bar with throughput, as a context manager yielding an `advance(n)` callback."""
+
+    def __init__(self, console: Console, name: str, total: int, enabled: bool):
+        self.progress = Progress(
+            TextColumn(f"[bold]scoring {name}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _Rate(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not enabled,
+        )
+        self.total = total
+
+    def __enter__(self):
+        self.progress.start()
+        task = self.progress.add_task("eval", total=self.total)
+        return lambda n: self.progress.advance(task, n)
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+        return False

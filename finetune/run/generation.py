@@ -1,0 +1,110 @@
+"""`finetune generate` and `finetune chat`: the training chat template, streamed tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TextIO
+
+from finetune.errors import UserError
+
+
+def prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """The conversation rendered exactly as in training, ending where the assistant's answer starts."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def generate(
+    model, tokenizer, messages: list[dict[str, str]], *, max_new_tokens: int, temperature: float, stream: TextIO | None
+) -> str:
+    """One assistant reply; tokens are written to `stream` as they are produced. Greedy at temperature 0."""
+    import torch
+
+    if max_new_tokens <= 0:
+        raise UserError(f"--max-new-tokens must be positive (got {max_new_tokens})")
+    if temperature < 0:
+        raise UserError(f"--temperature must be >= 0 (got {temperature})")
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt_ids(tokenizer, messages)], device=device)
+    streamer = _Streamer(tokenizer, stream) if stream else None
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else {"do_sample": False}
+    )
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            streamer=streamer,
+            **sampling,
+        )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+class _Streamer:
+    """transformers' TextStreamer, writing to any stream (it prints to stdout only)."""
+
+    def __init__(self, tokenizer, stream: TextIO):
+        from transformers import TextStreamer
+
+        self.inner = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.inner.on_finalized_text = self._write
+        self.stream = stream
+
+    def _write(self, text: str, stream_end: bool = False) -> None:
+        self.stream.write(text + ("\n" if stream_end else ""))
+        self.stream.flush()
+
+    def put(self, value) -> None:
+        self.inner.put(value)
+
+    def end(self) -> None:
+        self.inner.end()
+
+
+def trim_history(tokenizer, messages: list[dict[str, str]], budget: int) -> list[dict[str, str]]:
+    """Drop the oldest user/assistant exchanges until the prompt fits `budget` tokens (system kept)."""
+    system = messages[:1] if messages and messages[0]["role"] == "system" else []
+    turns = messages[len(system) :]
+    while len(turns) > 1 and len(prompt_ids(tokenizer, system + turns)) > budget:
+        turns = turns[2:]  # one user + one assistant message
+    return system + turns
+
+
+def chat_loop(
+    model,
+    tokenizer,
+    *,
+    read: Callable[[str], str],
+    stream: TextIO,
+    system: str | None,
+    max_new_tokens: int,
+    temperature: float,
+    context_length: int,
+) -> None:
+    """Multi-turn chat: /reset clears the history, /exit (or end of input) leaves."""
+    start = [{"role": "system", "content": system}] if system else []
+    messages = list(start)
+    stream.write("chat: /reset clears the conversation, /exit leaves\n")
+    while True:
+        try:
+            line = read("you> ").strip()
+        except EOFError:
+            break
+        if line in ("/exit", "/quit"):
+            break
+        if line == "/reset":
+            messages = list(start)
+            stream.write("(conversation cleared)\n")
+            continue
+        if not line:
+            continue
+        messages.append({"role": "user", "content": line})
+        messages = trim_history(tokenizer, messages, context_length - max_new_tokens)
+        stream.write("model> ")
+        reply = generate(
+            model, tokenizer, messages, max_new_tokens=max_new_tokens, temperature=temperature, stream=stream
+        )
+        messages.append({"role": "assistant", "content": reply})

@@ -1,0 +1,115 @@
+"""Everything a run needs before any weight is loaded: model path, tokenizer, tokenized splits, plan, notes.
+
+    prepared = prepare(recipe, splits, world_size)
+
+One path, used by `finetune train` (and its `--dry-run`), `vram-estimate --measure`, the
+throughput benchmark and the tests, so what they show is what training does.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from finetune.config import Recipe
+from finetune.data import batching
+from finetune.data.leakage import exact_leaks
+from finetune.data.read import Splits
+from finetune.data.token_cache import cached_encode
+from finetune.data.tokenize import EncodingReport, check_special_tokens, ensure_chat_template
+from finetune.errors import UserError
+from finetune.model.loading import load_tokenizer, resolve_model_path
+from finetune.train.plan import Plan, make_plan, warnings_for
+from finetune.train.trainer import check_trackers
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class Prepared:
+    splits: Splits  # the rows as read (train/validation/test) with the data hash
+    model_path: str  # what from_pretrained loads: a local directory or a hub id
+    tokenizer: Any
+    datasets: dict[str, Any]  # split -> datasets.Dataset with input_ids/labels, or None when the split is empty
+    reports: dict[str, EncodingReport]  # split -> truncation and drop counts
+    plan: Plan
+    batching: str  # "packed" | "grouped" | "padded" (data/batching.py)
+    notes: list[str] = field(default_factory=list)  # for the user: special tokens, leaks, truncation, settings
+    seconds: float = 0.0  # wall time of prepare(): tokenizer load and tokenization (cache hits are fast)
+
+
+def prepare(recipe: Recipe, splits: Splits, world_size: int = 1) -> Prepared:
+    """Resolve the model, load and check the tokenizer, tokenize every split (cached) and plan the steps."""
+    started = time.perf_counter()
+    mode = batching.batching_mode(recipe)  # data.packing: on with an unsuitable kernel fails here
+    check_trackers(recipe.train.report_to)
+    model_path = resolve_model_path(recipe.model)
+    tokenizer = load_tokenizer(model_path, recipe.model)
+    notes = check_special_tokens(tokenizer)
+    ensure_chat_template(tokenizer, recipe.data.chat_template)
+    datasets, reports = tokenize_splits(splits, tokenizer, recipe)
+    # Packing merges several examples into one sequence: count steps over what the trainer will see.
+    train_rows = (
+        batching.packed_sequences(datasets["train"], recipe.data.max_length) if mode == "packed" else len(splits.train)
+    )
+    plan = make_plan(
+        recipe,
+        train_rows=train_rows,
+        validation_rows=len(splits.validation),
+        test_rows=len(splits.test),
+        world_size=world_size,
+    )
+    notes += leak_notes(splits) + warnings_for(recipe) + truncation_notes(reports, recipe.data.max_length)
+    return Prepared(splits, model_path, tokenizer, datasets, reports, plan, mode, notes, time.perf_counter() - started)
+
+
+def tokenize_splits(splits: Splits, tokenizer, recipe: Recipe) -> tuple[dict[str, Any], dict[str, EncodingReport]]:
+    import datasets as hf_datasets
+
+    out, reports = {}, {}
+    for name in SPLITS:
+        examples = getattr(splits, name)
+        if not examples:
+            out[name] = None
+            continue
+        # from $FINETUNE_HOME/token-cache when this split was tokenised the same way before
+        columns, report = cached_encode(
+            examples, tokenizer, recipe.data.max_length, recipe.data.completion_only_loss, splits.data_hash
+        )
+        if not columns["input_ids"]:
+            raise UserError(
+                f"data: every {name} example is longer than data.max_length={recipe.data.max_length} before its "
+                "answer starts; raise data.max_length"
+            )
+        out[name] = hf_datasets.Dataset.from_dict(columns)
+        reports[name] = report
+    return out, reports
+
+
+def leak_notes(splits: Splits) -> list[str]:
+    """Exact duplicates (case and whitespace normalised) of training rows in the held-out splits."""
+    notes = []
+    for name in ("validation", "test"):
+        leaked = exact_leaks(splits.train, getattr(splits, name))
+        if leaked:
+            notes.append(
+                f"{leaked} {name} examples also occur in the training split, so the {name} score is optimistic; "
+                "see `finetune data inspect RECIPE`"
+            )
+    return notes
+
+
+def truncation_notes(reports: dict[str, EncodingReport], max_length: int) -> list[str]:
+    notes = []
+    for name, report in reports.items():
+        if report.truncated:
+            notes.append(
+                f"{report.truncated} of {report.examples} {name} examples exceed data.max_length={max_length} "
+                "and were truncated"
+            )
+        if report.dropped_no_target:
+            notes.append(
+                f"{report.dropped_no_target} {name} examples had no answer token left after truncation and were dropped"
+            )
+    return notes

@@ -1,0 +1,154 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from finetune.config import DataSection
+from finetune.data.read import Example, load_splits, read_rows, split_examples
+from finetune.errors import UserError
+from tests.conftest import write_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def section(path, **kwargs) -> DataSection:
+    return DataSection(path=str(path), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "rows, fmt",
+    [
+        ([{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}], "chat"),
+        ([{"instruction": "q", "input": "ctx", "output": "a"}], "alpaca"),
+        ([{"prompt": "q", "completion": "a"}], "prompt_completion"),
+        ([{"text": "headline", "label": "positive"}], "classification"),
+        ([{"text": "just text"}], "text"),
+    ],
+)
+def test_format_detection_and_conversion(tmp_path, rows, fmt):
+    path = write_jsonl(tmp_path / "d.jsonl", rows * 10)
+    splits = load_splits(section(path))
+    assert splits.format == fmt
+    example = splits.train[0]
+    if fmt == "text":
+        assert example.text == "just text" and example.messages is None
+    else:
+        assert example.messages[-1]["role"] == "assistant"
+        assert example.messages[0]["role"] == "user"
+    if fmt == "alpaca":
+        assert example.messages[0]["content"] == "q\n\nctx"
+    if fmt == "classification":
+        assert example.label == "positive" and "headline" in example.messages[0]["content"]
+        assert splits.labels == ["positive"]
+
+
+def test_classification_label_mapping_and_unknown_label(tmp_path):
+    rows = [{"text": f"t{i}", "label": i % 2} for i in range(10)]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    data = section(path, classification={"labels": {0: "negative", 1: "positive"}})
+    splits = load_splits(data)
+    assert {e.label for e in splits.train + splits.validation + splits.test} == {"negative", "positive"}
+    write_jsonl(path, rows + [{"text": "x", "label": 7}])
+    with pytest.raises(UserError, match=r"d.jsonl:11: label '7' is not in the label set"):
+        load_splits(data)
+
+
+def test_split_is_deterministic_disjoint_and_complete():
+    examples = [Example(text=str(i)) for i in range(100)]
+    a = split_examples(examples, 0.1, 0.2, seed=7)
+    b = split_examples(examples, 0.1, 0.2, seed=7)
+    c = split_examples(examples, 0.1, 0.2, seed=8)
+    assert [[e.text for e in part] for part in a] == [[e.text for e in part] for part in b]
+    assert [e.text for e in a[2]] != [e.text for e in c[2]]
+    train, val, test = ({e.text for e in part} for part in a)
+    assert (len(train), len(val), len(test)) == (70, 10, 20)
+    assert not (train & val or train & test or val & test)
+    assert train | val | test == {str(i) for i in range(100)}
+
+
+def test_small_file_keeps_a_row_in_each_split():
+    train, val, test = split_examples([Example(text=str(i)) for i in range(5)], 0.1, 0.1, seed=0)
+    assert (len(train), len(val), len(test)) == (3, 1, 1)
+
+
+def test_explicit_split_files(tmp_path):
+    rows = [{"prompt": f"q{i}", "completion": "a"} for i in range(4)]
+    data = DataSection(
+        train=str(write_jsonl(tmp_path / "t.jsonl", rows)),
+        validation=str(write_jsonl(tmp_path / "v.jsonl", rows[:2])),
+    )
+    splits = load_splits(data)
+    assert splits.sizes() == {"train": 4, "validation": 2, "test": 0}
+
+
+def test_data_hash_changes_with_content(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": str(i)} for i in range(20)])
+    first = load_splits(section(path)).data_hash
+    assert load_splits(section(path)).data_hash == first
+    write_jsonl(path, [{"text": str(i)} for i in range(21)])
+    assert load_splits(section(path)).data_hash != first
+
+
+def test_readers_csv_json_parquet_and_bom(tmp_path):
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_bytes('\ufeffprompt,completion\n"What is 1,000 + 1?","1,001"\n'.encode("utf-8"))
+    ((location, row),) = read_rows(str(csv_path))
+    assert row == {"prompt": "What is 1,000 + 1?", "completion": "1,001"} and location == "d.csv:2"
+
+    json_path = tmp_path / "d.json"
+    json_path.write_text(json.dumps({"data": [{"text": "a"}, {"text": "b"}]}))
+    assert [r["text"] for _, r in read_rows(str(json_path))] == ["a", "b"]
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet_path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"text": ["x", "y"]}), parquet_path)
+    assert [r["text"] for _, r in read_rows(str(parquet_path))] == ["x", "y"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "no rows; the file is empty"),
+        (b'{"text": "a"}\n{"text": broken}\n', r"d.jsonl:2: invalid JSON"),
+        (b'["a"]\n', r"d.jsonl:1: expected a JSON object"),
+        (b"\x00\x01\x02binary", "looks like a binary file"),
+        (b'{"text": "caf\xe9"}\n', r"d.jsonl:1: not valid UTF-8"),
+        (b'{"question": "q", "answer": "a"}\n', r"cannot detect the data format from columns \['answer', 'question'\]"),
+        (b'{"messages": [{"role": "user", "content": "q"}]}\n', "chat has no assistant turn"),
+        (
+            b'{"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]}\n',
+            "roles out of order at turn 1",
+        ),
+        (b'{"messages": [{"role": "bot", "content": "a"}]}\n', "has role 'bot'"),
+        (b'{"instruction": "q", "output": ""}\n', r"d.jsonl:1: missing or empty 'output' for format alpaca"),
+    ],
+)
+def test_bad_data_is_a_one_line_error_naming_the_place(tmp_path, content, message):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=message) as err:
+        load_splits(section(path))
+    assert "\n" not in str(err.value)
+
+
+def test_csv_missing_column_names_what_was_found(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("instruction,output\nq,\n")
+    with pytest.raises(UserError, match=r"d.csv:2: missing or empty 'output'.*columns found: instruction, output"):
+        load_splits(section(path))
+
+
+def test_missing_file_and_empty_validation_split(tmp_path):
+    with pytest.raises(UserError, match="data file not found"):
+        load_splits(section(tmp_path / "missing.jsonl"))
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "a"}, {"text": "b"}])
+    with pytest.raises(UserError, match="validation split is empty"):
+        load_splits(section(path, split={"validation": 0.0, "test": 0.0}))
+
+
+def test_shipped_finance_sample_is_valid():
+    splits = load_splits(section(ROOT / "data" / "finance_qa.jsonl"))
+    assert splits.format == "alpaca"
+    assert sum(splits.sizes().values()) >= 300

@@ -1,0 +1,41 @@
+"""prepare(): one path from a recipe to the tokenizer, the tokenized splits and the step plan."""
+
+from __future__ import annotations
+
+import math
+
+from finetune.config import load_recipe
+from finetune.data import batching
+from finetune.data.read import load_splits
+from finetune.train.plan import make_plan
+from finetune.train.prepare import prepare
+
+
+def test_plan_counts_optimizer_steps_from_the_split_sizes(write_recipe):
+    recipe = load_recipe(write_recipe({"train": {"micro_batch_size": 4, "gradient_accumulation": 2, "epochs": 2}}))
+    plan = make_plan(recipe, train_rows=33, validation_rows=5, test_rows=4, world_size=2)
+    # 33 rows over 2 processes x 4 per micro-batch = 5 micro-batches per process, 2 per step -> 3 steps
+    assert (plan.effective_batch, plan.steps_per_epoch, plan.total_steps) == (16, 3, 6)
+    assert plan.eval_steps == 1  # auto: about five validations per epoch, at least one step apart
+
+
+def test_prepare_tokenizes_every_split_and_plans_over_what_it_made(write_recipe):
+    recipe = load_recipe(write_recipe())
+    splits = load_splits(recipe.data)
+    prepared = prepare(recipe, splits)
+    assert prepared.batching == "grouped"  # sdpa on a CPU: no packing
+    assert {name: len(ds) for name, ds in prepared.datasets.items()} == splits.sizes()
+    assert prepared.plan.train_rows == len(splits.train)
+    assert prepared.plan.steps_per_epoch == math.ceil(len(splits.train) / recipe.train.micro_batch_size)
+    assert prepared.tokenizer.eos_token_id in prepared.datasets["train"][0]["input_ids"]
+
+
+def test_packed_runs_count_steps_over_packed_sequences(write_recipe, monkeypatch):
+    monkeypatch.setattr(batching, "flash_attn_installed", lambda: True)  # packing is decided, not run, here
+    recipe = load_recipe(write_recipe({"model": {"attn_implementation": "flash_attention_2"}}))
+    splits = load_splits(recipe.data)
+    prepared = prepare(recipe, splits)
+    assert prepared.batching == "packed"
+    packed = batching.packed_sequences(prepared.datasets["train"], recipe.data.max_length)
+    assert prepared.plan.train_rows == packed < len(splits.train)
+    assert (prepared.plan.validation_rows, prepared.plan.test_rows) == (len(splits.validation), len(splits.test))
