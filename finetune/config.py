@@ -21,8 +21,15 @@ from finetune.errors import UserError
 TINY_MODEL = "builtin:tiny-llama"
 
 
+SEED_MAX = 2**32 - 1  # numpy's and the dataloader's limit; torch accepts more, the trainer seeds all three
+MAX_NESTING = 50  # mapping/list levels in a recipe file (a real one has 3)
+MAX_EXPANDED_NODES = 100_000  # YAML nodes once aliases are expanded (a real recipe has ~200)
+MAX_RECIPE_BYTES = 1_000_000
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan: .inf or .nan in any float (lora.alpha=.inf trained a NaN adapter) is an error
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSection(Section):
@@ -59,9 +66,9 @@ class QuantSection(Section):
 
 
 class LoraSection(Section):
-    r: int = Field(16, gt=0, description="Rank of the adapter matrices: capacity vs. memory.")
+    r: int = Field(16, gt=0, le=4096, description="Rank of the adapter matrices: capacity vs. memory.")
     alpha: float = Field(
-        32, gt=0, description="Scale; the update is multiplied by alpha/r (alpha/sqrt(r) with rslora)."
+        32, gt=0, le=65536, description="Scale; the update is multiplied by alpha/r (alpha/sqrt(r) with rslora)."
     )
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
     target_modules: str | list[str] = Field(
@@ -77,7 +84,7 @@ class LoraSection(Section):
 class SplitSection(Section):
     validation: float = Field(0.1, ge=0, lt=1, description="Fraction of the rows held out for early stopping.")
     test: float = Field(0.1, ge=0, lt=1, description="Fraction held out for the final score; never trained on.")
-    seed: int = Field(42, description="Seed of the shuffle that assigns rows to splits.")
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed of the shuffle that assigns rows to splits.")
 
     @model_validator(mode="after")
     def _leaves_training_rows(self) -> SplitSection:
@@ -96,6 +103,13 @@ class ClassificationSection(Section):
         "Classify the following text as one of: {labels}.\n\n{text}",
         description="User prompt; {text} and {labels} are filled in. The answer is the label name.",
     )
+
+    @field_validator("template")
+    @classmethod
+    def _template_has_text(cls, value: str) -> str:
+        if "{text}" not in value:
+            raise ValueError("must contain {text}, where each row's text goes (and may contain {labels})")
+        return value
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -117,7 +131,9 @@ class DataSection(Section):
     hub_split: str = Field("train", description="Hub dataset split to read from.")
     format: DataFormat = Field("auto", description="Row format; auto detects it from the columns.")
     split: SplitSection = Field(default_factory=SplitSection)
-    max_length: int = Field(1024, gt=0, description="Tokens per example; longer ones are truncated and counted.")
+    max_length: int = Field(
+        1024, ge=2, le=1_048_576, description="Tokens per example; longer ones are truncated and counted."
+    )
     completion_only_loss: bool = Field(True, description="Loss on answer/assistant tokens only (not the prompt).")
     packing: Literal["auto", "on", "off"] = Field(
         "auto", description="auto = packed with flash_attention_2, else length-grouped batches; on; off = padded."
@@ -139,14 +155,21 @@ Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adam
 
 
 class TrainSection(Section):
-    epochs: float = Field(3, gt=0, description="Passes over the training split; above 3 usually overfits.")
-    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (2e-4 is the usual QLoRA value).")
+    epochs: float = Field(3, gt=0, le=1000, description="Passes over the training split; above 3 usually overfits.")
+    max_steps: int | None = Field(
+        None, gt=0, le=10**8, description="Stop after this many optimizer steps (overrides epochs)."
+    )
+    # le=1000: far past any useful value (a rate that wrecks the model is caught by the collapse check)
+    learning_rate: float = Field(2e-4, gt=0, le=1000, description="Peak learning rate (2e-4 is the usual QLoRA value).")
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of the steps spent warming up.")
-    micro_batch_size: int = Field(4, gt=0, description="Examples per device per forward pass (drives memory).")
-    gradient_accumulation: int = Field(4, gt=0, description="Micro-batches per optimizer step.")
-    eval_batch_size: int | None = Field(None, gt=0, description="Defaults to micro_batch_size (never larger).")
+    micro_batch_size: int = Field(
+        4, gt=0, le=65536, description="Examples per device per forward pass (drives memory)."
+    )
+    gradient_accumulation: int = Field(4, gt=0, le=65536, description="Micro-batches per optimizer step.")
+    eval_batch_size: int | None = Field(
+        None, gt=0, le=65536, description="Defaults to micro_batch_size (never larger)."
+    )
     optimizer: Optimizer = Field("adamw_torch", description="8-bit/paged variants cut optimizer memory (GPU).")
     momentum: float = Field(0.9, ge=0, lt=1, description="Momentum for sgd.")
     weight_decay: float = Field(0.0, ge=0)
@@ -159,7 +182,9 @@ class TrainSection(Section):
         "auto", description="Evaluate every N optimizer steps; auto = about 5 times per epoch."
     )
     logging_steps: int = Field(5, gt=0, description="Record the training loss every N optimizer steps.")
-    seed: int = Field(42, description="Seed for weights init of the adapter, dropout and data order.")
+    seed: int = Field(
+        42, ge=0, le=SEED_MAX, description="Seed for weights init of the adapter, dropout and data order."
+    )
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list, description="Experiment trackers; tensorboard logs go to RUN/tb."
     )
@@ -240,18 +265,13 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: recipe not found")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise UserError(f"{path}: {path.stat().st_size:,} bytes is not a recipe (they are a few KB); check the path")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: cannot read the recipe ({err.__class__.__name__}); is it a UTF-8 YAML file?") from err
-    try:
-        raw = yaml.safe_load(text)
-        lines = _key_lines(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or "invalid YAML"
-        raise UserError(f"{path}{where}: {problem}; fix the YAML syntax") from err
+    raw, lines = parse_yaml(text, str(path))
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a recipe is a YAML mapping with sections model, data, train, ...")
     for override in overrides:
@@ -321,20 +341,63 @@ def _fields_at(loc: list[str]) -> list[str]:
     return list(model.model_fields)
 
 
-def _key_lines(text: str) -> dict[str, int]:
-    """Map dotted key paths to 1-based line numbers, so errors can point into the file."""
+def parse_yaml(text: str, source: str) -> tuple[Any, dict[str, int]]:
+    """(data, {dotted key: line}) of a YAML document, refusing what safe_load would accept silently:
+    duplicate keys (YAML keeps the last), nesting deeper than MAX_NESTING, and alias bombs."""
+    loader = yaml.CSafeLoader(text) if yaml.__with_libyaml__ else yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}
+        lines = _check_structure(node, source)
+        return loader.construct_document(node), lines
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise UserError(f"{source}{where}: {problem}; fix the YAML syntax") from err
+    except RecursionError as err:  # the parser itself recurses per level
+        raise UserError(f"{source}: nested too deeply to be a recipe (more than {MAX_NESTING} levels)") from err
+    finally:
+        loader.dispose()
+
+
+def _check_structure(root: yaml.Node, source: str) -> dict[str, int]:
+    """Walk the node graph once (an alias is the same node object, walked once) and map dotted key
+    paths to 1-based line numbers, so errors can point into the file."""
     lines: dict[str, int] = {}
+    expanded: dict[int, int] = {}  # id(node) -> size of its subtree with aliases expanded
 
-    def walk(node: yaml.Node, prefix: str) -> None:
+    def walk(node: yaml.Node, prefix: str, depth: int) -> int:
+        if depth > MAX_NESTING:
+            raise UserError(f"{source}:{node.start_mark.line + 1}: nested more than {MAX_NESTING} levels deep")
+        if id(node) in expanded:
+            return expanded[id(node)]
+        expanded[id(node)] = 1  # a node reached again while being walked: a recursive alias
+        size = 1
         if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
             for key_node, value_node in node.value:
-                path = f"{prefix}{key_node.value}"
-                lines[path] = key_node.start_mark.line + 1
-                walk(value_node, path + ".")
+                key, line = str(key_node.value), key_node.start_mark.line + 1
+                if key in first and key != "<<":  # `<<` merge keys may repeat by design
+                    raise UserError(
+                        f"{source}:{line}: duplicate key '{prefix}{key}' (first at line {first[key]}); "
+                        "YAML would silently keep only the last one: remove one"
+                    )
+                first[key] = line
+                lines.setdefault(f"{prefix}{key}", line)
+                size += 1 + walk(value_node, f"{prefix}{key}.", depth + 1)
+        elif isinstance(node, yaml.SequenceNode):
+            size += sum(walk(item, prefix, depth + 1) for item in node.value)
+        if size > MAX_EXPANDED_NODES:
+            raise UserError(
+                f"{source}:{node.start_mark.line + 1}: YAML aliases expand this recipe to over "
+                f"{MAX_EXPANDED_NODES:,} values; a recipe has a few hundred: remove the repeated aliases"
+            )
+        expanded[id(node)] = size
+        return size
 
-    root = yaml.compose(text)
-    if root is not None:
-        walk(root, "")
+    walk(root, "", 0)
     return lines
 
 

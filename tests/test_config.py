@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune.config import Recipe, load_recipe, shipped_recipes_dir
+from finetune.config import Recipe, load_recipe, shipped_recipes_dir, validate_recipe
 from finetune.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,3 +100,54 @@ def test_every_shipped_recipe_loads(path):
     assert isinstance(recipe, Recipe)
     assert recipe.description, "finetune recipes shows the description"
     assert path.read_text().startswith("# finetune train recipes/"), "recipes start with the command to run"
+
+
+def test_duplicate_keys_name_both_lines(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("model:\n  name: builtin:tiny-llama\ndata:\n  path: d.jsonl\n  max_length: 64\n  max_length: 128\n")
+    with pytest.raises(UserError, match=r"r.yaml:6: duplicate key 'data.max_length' \(first at line 5\)"):
+        load_recipe(path)
+
+
+def test_alias_bombs_and_deep_nesting_fail_fast(tmp_path):
+    """A 900-byte recipe must not expand into billions of values (3**40 here), and recipe loading stays
+    under a second for any file under 1 MB."""
+    import time
+
+    bomb = "b0: &b0 {x: 1}\n" + "".join(
+        f"b{i}: &b{i} {{x: *b{i - 1}, y: *b{i - 1}, z: *b{i - 1}}}\n" for i in range(1, 40)
+    )
+    merges = "m0: &m0 {x: 1}\n" + "".join(f"m{i}: &m{i}\n  <<: [*m{i - 1}, *m{i - 1}]\n" for i in range(1, 40))
+    deep = "a: " + "[" * 5000 + "]" * 5000 + "\n"
+    big = "model: {name: builtin:tiny-llama}\ndata: {path: d.jsonl}\ndescription: " + "x" * 900_000 + "\n"
+    for name, text, error in [
+        ("bomb", bomb, "aliases expand"),
+        ("merges", merges, "aliases expand"),
+        ("deep", deep, "nest"),
+        ("big", big, None),
+    ]:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(text)
+        start = time.perf_counter()
+        if error:
+            with pytest.raises(UserError, match=error):
+                load_recipe(path)
+        else:
+            assert load_recipe(path).description.startswith("xxx")
+        assert time.perf_counter() - start < 1.0, name
+
+
+def test_numbers_are_finite_and_in_range_at_validate_time():
+    base = {"model": {"name": "builtin:tiny-llama"}, "data": {"path": "d.jsonl"}}
+    for section, key, value in [
+        ("lora", "alpha", float("inf")),
+        ("train", "learning_rate", float("nan")),
+        ("train", "epochs", 1e300),
+        ("train", "seed", -1),
+        ("train", "seed", 10**14),
+        ("train", "learning_rate", 1e9),
+        ("data", "max_length", 1),
+    ]:
+        raw = {**base, section: {**base.get(section, {}), key: value}}
+        with pytest.raises(UserError, match=f"{section}.{key}"):
+            validate_recipe(raw)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -44,6 +45,7 @@ def eval_command(
     from finetune.run.evaluate import evaluate_run
     from finetune.run.inference import open_run
 
+    check_counts({"--limit": limit, "--batch-size": batch_size})
     if task not in ("auto", "lm", "classification"):
         raise UserError(f"--task must be auto, lm or classification (got {task!r})")
     trained = open_run(run)
@@ -127,6 +129,7 @@ def generate(
     from finetune.run.generation import generate as run_generate
     from finetune.run.inference import load_model, open_run
 
+    check_sampling(max_new_tokens, temperature)
     trained = open_run(run)
     quiet_libraries(verbose=False)
     model, tokenizer = load_model(trained)
@@ -152,6 +155,7 @@ def chat(
     from finetune.run.generation import chat_loop
     from finetune.run.inference import load_model, open_run
 
+    check_sampling(max_new_tokens, temperature)
     trained = open_run(run)
     quiet_libraries(verbose=False)
     model, tokenizer = load_model(trained)
@@ -207,3 +211,15 @@ def _chat_template(directory: Path) -> str | None:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(directory).chat_template
+
+
+def check_counts(flags: dict[str, int | None]) -> None:
+    for flag, value in flags.items():
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be positive (got {value})")
+
+
+def check_sampling(max_new_tokens: int, temperature: float) -> None:
+    check_counts({"--max-new-tokens": max_new_tokens})
+    if not (math.isfinite(temperature) and 0 <= temperature <= 100):
+        raise UserError(f"--temperature must be between 0 (greedy) and 100 (got {temperature})")

@@ -21,7 +21,14 @@ from typing import Any
 
 from finetune.config import DataSection, ModelSection, load_recipe
 from finetune.data.leakage import Item, duplicates, exact_leaks, leakage, make_item
-from finetune.data.read import detect_format, label_mapping, read_rows, split_examples, to_example
+from finetune.data.read import (
+    check_csv_header,
+    detect_format,
+    label_mapping,
+    read_rows,
+    split_examples,
+    to_example,
+)
 from finetune.data.tokenize import IGNORE, encode
 from finetune.errors import UserError
 
@@ -108,6 +115,7 @@ def _csv(path: Path, raw: bytes) -> tuple[list[tuple[str, dict[str, Any]]], list
     reader = csv.DictReader(text.splitlines(keepends=True))
     rows, problems = [], []
     try:
+        check_csv_header(path, reader.fieldnames or [], reader.line_num)  # a whole-file problem: stop here
         for row in reader:
             location = f"{path.name}:{reader.line_num}"
             if None in row:  # more cells than header columns: usually an unquoted comma
@@ -186,8 +194,9 @@ def measure(
             encoded = encode(
                 item.example, tokenizer, max_length=1 << 62, completion_only_loss=data.completion_only_loss
             )
-        except UserError as err:  # the chat template cannot render this row
-            problems.append(Problem(item.example.source, "malformed", str(err)))
+        except UserError as err:  # the chat template cannot render this row, or leaves its answer out
+            source = item.example.source
+            problems.append(Problem(source, "malformed", str(err).removeprefix(f"{source}: ")))
             continue
         length = len(encoded.input_ids)
         lengths.append(length)

@@ -17,7 +17,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +119,7 @@ def _read_csv(path: Path) -> list[tuple[str, dict[str, Any]]]:
     text = _read_text(path)
     try:
         reader = csv.DictReader(text.splitlines(keepends=True))
+        check_csv_header(path, reader.fieldnames or [], reader.line_num)
         rows = []
         for row in reader:
             if None in row:  # more cells than header columns
@@ -125,6 +128,16 @@ def _read_csv(path: Path) -> list[tuple[str, dict[str, Any]]]:
     except csv.Error as err:
         raise UserError(f"{path}: cannot parse CSV ({err})") from err
     return rows
+
+
+def check_csv_header(path: Path, columns: list[str], line: int) -> None:
+    """A repeated column name: csv.DictReader would keep only the last column's values, silently."""
+    repeated = [name for name, count in Counter(columns).items() if count > 1]
+    if repeated:
+        raise UserError(
+            f"{path}:{line}: the header has the column '{repeated[0]}' more than once; "
+            "rename or remove the duplicate column (only one of its values per row would be read)"
+        )
 
 
 def _read_parquet(path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -181,7 +194,7 @@ def to_example(location: str, row: dict[str, Any], fmt: str, data: DataSection, 
         if value is None or (isinstance(value, str) and not value.strip()):
             found = ", ".join(sorted(row)) or "none"
             raise UserError(f"{location}: missing or empty '{key}' for format {fmt} (columns found: {found})")
-        return str(value)
+        return _string(location, key, value)
 
     if fmt == "chat":
         messages = row.get("messages")
@@ -190,15 +203,27 @@ def to_example(location: str, row: dict[str, Any], fmt: str, data: DataSection, 
         return Example(messages=_check_chat(location, messages, data.system_prompt), source=location)
     if fmt == "alpaca":
         prompt = need("instruction")
-        extra = row.get("input")
-        if extra not in (None, "") and str(extra).strip():
+        extra = row.get("input")  # optional: missing, null or blank adds nothing
+        if extra is not None and not isinstance(extra, str):
+            raise UserError(
+                f"{location}: input must be a string or null (got {_kind(extra)}); store it as text in the data file"
+            )
+        if extra and extra.strip():
             prompt = f"{prompt}\n\n{extra}"
         return _qa(prompt, need("output"), data, location)
     if fmt == "prompt_completion":
         return _qa(need("prompt"), need("completion"), data, location)
     if fmt == "classification":
         spec = data.classification
-        raw = need(spec.label_column)
+        value = row.get(spec.label_column)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            need(spec.label_column)  # raises: missing or empty
+        raw = _label_key(value)
+        if raw is None:
+            raise UserError(
+                f"{location}: {spec.label_column} must be a label name or a number (got {_kind(value)}); "
+                "fix the row or data.classification.label_column"
+            )
         if raw not in labels:
             known = ", ".join(sorted(labels))
             raise UserError(
@@ -214,6 +239,32 @@ def to_example(location: str, row: dict[str, Any], fmt: str, data: DataSection, 
     raise UserError(f"data.format: unknown format '{fmt}'")
 
 
+def _kind(value: Any) -> str:
+    """How an error names a value's type: null, NaN, or the (JSON-ish) type name."""
+    if value is None:
+        return "null"
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    return type(value).__name__
+
+
+def _string(location: str, field: str, value: Any) -> str:
+    """The value itself when it is a string; anything else is refused, never turned into text with str()."""
+    if not isinstance(value, str):
+        raise UserError(f"{location}: {field} must be a string (got {_kind(value)}); store it as text in the data file")
+    return value
+
+
+def _label_key(value: Any) -> str | None:
+    """A raw label as the text its label set is keyed by: a string, or an integer, bool or finite float
+    (written in its usual decimal form). None for a missing, blank or unusable value (a list, an object, NaN)."""
+    if isinstance(value, str):
+        return value if value.strip() else None
+    if isinstance(value, bool | int) or (isinstance(value, float) and math.isfinite(value)):
+        return str(value)
+    return None
+
+
 def _qa(prompt: str, answer: str, data: DataSection, location: str) -> Example:
     messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
     if data.system_prompt:
@@ -227,10 +278,10 @@ def _check_chat(location: str, messages: list[Any], system_prompt: str | None) -
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
             raise UserError(f"{location}: messages[{i}] must be an object with 'role' and 'content'")
-        role, content = message["role"], message["content"]
+        role = message["role"]
         if role not in ROLES:
             raise UserError(f"{location}: messages[{i}] has role '{role}'; use system, user or assistant")
-        clean.append({"role": role, "content": "" if content is None else str(content)})
+        clean.append({"role": role, "content": _content(location, i, message["content"])})
     body = clean[1:] if clean[0]["role"] == "system" else clean
     for i, message in enumerate(body):
         expected = "user" if i % 2 == 0 else "assistant"
@@ -246,13 +297,45 @@ def _check_chat(location: str, messages: list[Any], system_prompt: str | None) -
     return clean
 
 
+def _content(location: str, i: int, content: Any) -> str:
+    """A message's text: a string, or OpenAI-style content parts whose text parts are joined (no separator)."""
+    where = f"messages[{i}].content"
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise UserError(
+            f"{location}: {where} must be a string or a list of text parts (got {_kind(content)}); "
+            'write the turn as text ("" for an empty turn)'
+        )
+    texts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or "type" not in part:
+            raise UserError(
+                f'{location}: {where}[{j}] must be a content part like {{"type": "text", "text": "..."}} '
+                f"(got {_kind(part)})"
+            )
+        if part["type"] != "text":
+            raise UserError(
+                f"{location}: {where} has a '{part['type']}' part; finetune trains on text only: remove non-text parts"
+            )
+        texts.append(_string(location, f"{where}[{j}].text", part.get("text")))
+    return "".join(texts)
+
+
+def empty_answer(example: Example) -> bool:
+    """A conversation with an assistant turn that is empty or only whitespace (trained as: answer nothing)."""
+    return any(m["role"] == "assistant" and not m["content"].strip() for m in example.messages or [])
+
+
 def label_mapping(rows: list[tuple[str, dict[str, Any]]], spec: ClassificationSection) -> dict[str, str]:
     """raw label value (as text) -> label name. From the recipe, else the sorted distinct values."""
     if isinstance(spec.labels, dict):
         return dict(spec.labels)
     if isinstance(spec.labels, list):
         return {name: name for name in spec.labels}
-    values = sorted({str(row[spec.label_column]) for _, row in rows if row.get(spec.label_column) is not None})
+    # unusable values (a list, an object, NaN, blank) are refused row by row in to_example
+    keys = {_label_key(row.get(spec.label_column)) for _, row in rows}
+    values = sorted(key for key in keys if key is not None)
     return {value: value for value in values}
 
 
@@ -294,7 +377,28 @@ def load_splits(data: DataSection) -> Splits:
             f"{where}: the validation split is empty ({len(all_rows)} rows); early stopping needs one: "
             "raise data.split.validation, add rows, or set data.validation"
         )
+    for name in ("train", "validation", "test"):
+        _check_some_answer(name, getattr(splits, name))
     return splits
+
+
+def _check_some_answer(name: str, examples: list[Example]) -> None:
+    """A split whose every assistant answer is empty trains (or scores) nothing but the end-of-sequence token."""
+    chats = [example for example in examples if example.messages is not None]
+    if chats and all(_no_answer_text(example) for example in chats):
+        why = (
+            "training would only teach the end-of-sequence token (the model learns to answer with nothing)"
+            if name == "train"
+            else f"the {name} loss would only measure the end-of-sequence token"
+        )
+        raise UserError(
+            f"{chats[0].source}: every assistant answer in the {name} split ({len(chats)} examples) is empty, "
+            f"so {why}; fill in the assistant answers"
+        )
+
+
+def _no_answer_text(example: Example) -> bool:
+    return all(not m["content"].strip() for m in example.messages or [] if m["role"] == "assistant")
 
 
 def load_examples(source: str, data: DataSection) -> tuple[list[Example], str, list[str]]:

@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune.data.read import Example
+from finetune.data.read import Example, empty_answer
 from finetune.errors import UserError
 
 IGNORE = -100  # label value PyTorch's cross-entropy skips
+EMPTY_ANSWER_SOURCES = 5  # "file:line" of the first few examples with an empty answer, kept in the report
 
 # Used when the tokenizer has no chat template (base models, the tiny test model). Plain-text
 # markers work with any vocabulary; the assistant turn ends with EOS so the model learns to stop,
@@ -50,6 +51,10 @@ class EncodingReport:
     tokens: int = 0
     target_tokens: int = 0
     notes: list[str] = field(default_factory=list)
+    # Kept examples with an empty (or whitespace-only) assistant turn: trained to answer with nothing.
+    # Defaults, so a report stored before these fields existed (token cache, metrics.json) still loads.
+    empty_answers: int = 0
+    empty_answer_sources: list[str] = field(default_factory=list)  # the first few, "file:line"
 
 
 def ensure_chat_template(tokenizer: Any, override: str | None) -> None:
@@ -64,10 +69,13 @@ def render_pieces(messages: list[dict[str, str]], tokenizer: Any) -> list[tuple[
     """Split the rendered conversation into (text, is_assistant_output) pieces.
 
     Renders the conversation prefix after every turn; each prefix must extend the previous one
-    (true of the Llama 3, Qwen2.5, Mistral, Gemma and default templates).
+    (true of the Llama 3, Qwen2.5, Mistral, Gemma and default templates). Each assistant piece must
+    contain its message's content (stripped: templates such as Llama 3's trim it); a template that
+    leaves it out would train the answer as nothing but EOS.
     """
     pieces: list[tuple[str, bool]] = []
     done = ""
+    turn = 0
     for i, message in enumerate(messages):
         if message["role"] == "assistant":
             prompt = _render(tokenizer, messages[:i], add_generation_prompt=True)
@@ -75,6 +83,14 @@ def render_pieces(messages: list[dict[str, str]], tokenizer: Any) -> list[tuple[
             done = prompt
         rendered = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
         _extend(pieces, done, rendered, trainable=message["role"] == "assistant")
+        if message["role"] == "assistant":
+            turn += 1
+            if message["content"].strip() not in rendered[len(done) :]:
+                raise UserError(
+                    f"the chat template does not render the assistant content (assistant turn {turn}), so the "
+                    "answer would not be trained; set data.chat_template to a template that renders every "
+                    "assistant message's content"
+                )
         done = rendered
     return pieces
 
@@ -104,7 +120,12 @@ def encode(example: Example, tokenizer: Any, max_length: int, completion_only_lo
         pieces = [(example.text, True)]
         bos = [tokenizer.bos_token_id] if _adds_bos(tokenizer) else []
     else:
-        pieces = render_pieces(example.messages or [], tokenizer)
+        try:
+            pieces = render_pieces(example.messages or [], tokenizer)
+        except UserError as err:
+            if not example.source:
+                raise
+            raise UserError(f"{example.source}: {err}") from err  # name the row
         bos = []
     input_ids: list[int] = list(bos)
     labels: list[int] = [IGNORE] * len(bos)
@@ -153,6 +174,10 @@ def encode_split(
         if all(label == IGNORE for label in encoded.labels):
             report.dropped_no_target += 1
             continue
+        if empty_answer(example):
+            report.empty_answers += 1
+            if len(report.empty_answer_sources) < EMPTY_ANSWER_SOURCES:
+                report.empty_answer_sources.append(example.source)
         columns["input_ids"].append(encoded.input_ids)
         columns["labels"].append(encoded.labels)
         report.tokens += len(encoded.input_ids)

@@ -16,9 +16,7 @@ from finetune.paths import hub_reachable
 
 
 def probe_python() -> Check:
-    return Check(
-        "python", OK, f"Python {platform.python_version()} ({sys.executable})"
-    )  # pip enforces >= 3.10
+    return Check("python", OK, f"Python {platform.python_version()} ({sys.executable})")  # pip enforces >= 3.10
 
 
 def probe_torch() -> Check:

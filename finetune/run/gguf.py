@@ -261,7 +261,7 @@ def _plan_tensors(model_dir: Path, config: Any, arch: str, outtype: str) -> list
     plan = []
     for file in files:
         with safe_open(file, framework="pt") as f:
-            for hf_name in f:
+            for hf_name in f.keys():  # noqa: SIM118 - safetensors' safe_open is not iterable
                 if hf_name.endswith("rotary_emb.inv_freq"):
                     continue  # recomputed by llama.cpp
                 if hf_name == "lm_head.weight" and config.tie_word_embeddings:
@@ -288,9 +288,8 @@ def _tensor_type(shape: tuple, outtype: str) -> Any:
         return gguf.GGMLQuantizationType.F32  # norms and biases: tiny, and llama.cpp computes with them in f32
     if outtype == "q8_0" and shape[-1] % 32 == 0:
         return gguf.GGMLQuantizationType.Q8_0
-    return (
-        gguf.GGMLQuantizationType.F16
-    )  # convert_hf_to_gguf also falls back to f16 when rows don't split into 32-blocks
+    # convert_hf_to_gguf also falls back to f16 when rows don't split into 32-blocks
+    return gguf.GGMLQuantizationType.F16
 
 
 def _loader(file: Path, hf_name: str, heads: int | None):

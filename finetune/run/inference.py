@@ -10,6 +10,7 @@ from finetune.config import Recipe, load_recipe
 from finetune.data.tokenize import check_special_tokens
 from finetune.errors import UserError
 from finetune.model import loading
+from finetune.model.devices import compute_dtype, device_for_this_process
 from finetune.run import run_dir
 
 
@@ -41,8 +42,8 @@ def load_model(run: TrainedRun):
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    device = loading.device_for_this_process()
-    dtype = loading.compute_dtype(run.recipe.model.dtype, device)
+    device = device_for_this_process()
+    dtype = compute_dtype(run.recipe.model.dtype, device)
     base_path = loading.resolve_model_path(run.recipe.model)
     base = loading.load_base_model(base_path, run.recipe, device, dtype, for_training=False)
     model = PeftModel.from_pretrained(base, run.path / run_dir.ADAPTER)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from finetune.errors import UserError
 from finetune.model import loading
+from finetune.model.devices import torch_dtype
 from finetune.run import run_dir
 from finetune.run.inference import TrainedRun
 
@@ -26,12 +27,12 @@ def merge(run: TrainedRun, out: Path, dtype: str = "bf16", overwrite: bool = Fal
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out}: output directory is not empty; pass --overwrite or choose another -o")
-    torch_dtype = loading.torch_dtype(dtype)
+    weights_dtype = torch_dtype(dtype)
     base_path = loading.resolve_model_path(run.recipe.model)
     base = AutoModelForCausalLM.from_pretrained(
         base_path,
         revision=run.recipe.model.revision,
-        dtype=torch_dtype,
+        dtype=weights_dtype,
         trust_remote_code=run.recipe.model.trust_remote_code,
         use_safetensors=None if run.recipe.model.allow_pickle else True,
     )

@@ -112,4 +112,19 @@ def truncation_notes(reports: dict[str, EncodingReport], max_length: int) -> lis
             notes.append(
                 f"{report.dropped_no_target} {name} examples had no answer token left after truncation and were dropped"
             )
+        notes += empty_answer_notes(name, report)
     return notes
+
+
+def empty_answer_notes(name: str, report: EncodingReport) -> list[str]:
+    """Examples whose assistant answer is empty are trained (a split of nothing else is refused by load_splits)."""
+    if not report.empty_answers:
+        return []
+    one = report.empty_answers == 1
+    where = f" (e.g. {report.empty_answer_sources[0]})" if report.empty_answer_sources else ""
+    if name == "train":
+        effect = ("it teaches" if one else "they teach") + " the model to answer with nothing"
+    else:
+        effect = ("it rewards" if one else "they reward") + f" answering with nothing in the {name} loss"
+    examples = f"{report.empty_answers} {name} example{'' if one else 's'} {'has' if one else 'have'}"
+    return [f"{examples} an empty assistant answer{where}; {effect}"]

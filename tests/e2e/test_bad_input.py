@@ -26,6 +26,11 @@ def base_recipe(data_path) -> dict:
     }
 
 
+# 40 levels of mappings, each holding the previous one three times: 3**40 values once expanded
+ALIAS_BOMB = "b0: &b0 {x: 1}\n" + "".join(
+    f"b{i}: &b{i} {{x: *b{i - 1}, y: *b{i - 1}, z: *b{i - 1}}}\n" for i in range(1, 40)
+)
+
 # (case id, how to build it, text the error must contain)
 CASES = [
     ("empty file", lambda t: ("data", b""), "the file is empty"),
@@ -108,6 +113,21 @@ CASES = [
     ("both path and train", lambda t: ("recipe", {"data": {"train": "x.jsonl"}}, rows()), "give either `path`"),
     ("malformed yaml", lambda t: ("yaml", "model:\n  name: a\n    b: c\n"), "mapping values are not allowed"),
     ("recipe not a mapping", lambda t: ("yaml", "- a\n- b\n"), "a recipe is a YAML mapping"),
+    ("duplicate yaml key", lambda t: ("yaml_extra", "train:\n  epochs: 2\n"), "duplicate key 'train'"),
+    ("yaml nested too deep", lambda t: ("yaml_extra", "deep: " + "[" * 60 + "]" * 60 + "\n"), "nested more than 50"),
+    ("yaml alias bomb", lambda t: ("yaml_extra", ALIAS_BOMB), "YAML aliases expand this recipe"),
+    ("infinite lora alpha", lambda t: ("recipe", {"lora": {"alpha": float("inf")}}, rows()), "lora.alpha"),
+    ("nan learning rate", lambda t: ("recipe", {"train": {"learning_rate": float("nan")}}, rows()), "finite"),
+    ("huge learning rate", lambda t: ("recipe", {"train": {"learning_rate": 1e9}}, rows()), "train.learning_rate"),
+    ("epochs 1e300", lambda t: ("recipe", {"train": {"epochs": 1e300}}, rows()), "train.epochs"),
+    ("negative seed", lambda t: ("recipe", {"train": {"seed": -1}}, rows()), "train.seed"),
+    ("seed too large", lambda t: ("recipe", {"train": {"seed": 10**14}}, rows()), "train.seed"),
+    ("max_length 1", lambda t: ("recipe", {"data": {"max_length": 1}}, rows()), "data.max_length"),
+    (
+        "classification template without text",
+        lambda t: ("recipe", {"data": {"classification": {"template": "Classify: {labels}"}}}, rows()),
+        "must contain {text}",
+    ),
     ("output is a file", lambda t: ("output_file", None), "output path exists and is a file"),
     ("read-only output", lambda t: ("output", "/proc/finetune-cannot-write-here"), "cannot write to the output"),
 ]
@@ -143,7 +163,7 @@ def test_bad_input(tmp_path, tiny_model_path, name, build, message):
     elif kind == "output":
         output = spec[0]
     path = tmp_path / "recipe.yaml"
-    path.write_text(spec[0] if kind == "yaml" else yaml.safe_dump(recipe))
+    path.write_text(spec[0] if kind == "yaml" else yaml.safe_dump(recipe) + (spec[0] if kind == "yaml_extra" else ""))
 
     result = CliRunner().invoke(app, ["train", str(path), "-o", str(output), "-q"])
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -152,6 +172,52 @@ def test_bad_input(tmp_path, tiny_model_path, name, build, message):
     assert "Traceback" not in result.output
     if kind != "output_file":
         assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+# Judged from the recipe file alone: `finetune validate` must catch each without loading a model.
+RECIPE_LEVEL = [
+    case
+    for case in CASES
+    if case[0]
+    in {
+        "split fractions sum to 1",
+        "negative learning rate",
+        "epochs 0",
+        "micro batch 0",
+        "max_length 0",
+        "wrong type",
+        "unknown key",
+        "unknown optimizer",
+        "malformed yaml",
+        "recipe not a mapping",
+        "duplicate yaml key",
+        "yaml nested too deep",
+        "yaml alias bomb",
+        "infinite lora alpha",
+        "nan learning rate",
+        "huge learning rate",
+        "epochs 1e300",
+        "negative seed",
+        "seed too large",
+        "max_length 1",
+        "classification template without text",
+        "both path and train",
+    }
+]
+
+
+@pytest.mark.parametrize("name, build, message", RECIPE_LEVEL, ids=[c[0] for c in RECIPE_LEVEL])
+def test_validate_catches_recipe_errors_without_a_model(tmp_path, name, build, message):
+    kind, *spec = build(tmp_path)
+    recipe = base_recipe(write_jsonl(tmp_path / "d.jsonl", rows()))
+    if kind == "recipe":
+        for section, values in spec[0].items():
+            recipe.setdefault(section, {}).update(values)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(spec[0] if kind == "yaml" else yaml.safe_dump(recipe) + (spec[0] if kind == "yaml_extra" else ""))
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2 and message in result.stderr, result.output
+    assert "transformers" not in result.stderr  # the recipe is judged alone
 
 
 def test_trl_without_its_loss_kernel_stops_before_loading_the_model(tmp_path, monkeypatch):

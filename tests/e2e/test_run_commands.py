@@ -93,6 +93,10 @@ def test_eval_bad_input(quickstart_run, sentiment_run, tmp_path, write_recipe):
         (["eval", no_test], "has no test split"),
         (["eval", quickstart_run, "--data", empty], "no rows; the file is empty"),
         (["eval", quickstart_run, "--limit", "0"], "--limit must be positive"),
+        (["eval", quickstart_run, "--batch-size", "0"], "--batch-size must be positive"),
+        (["generate", quickstart_run, "hi", "--max-new-tokens", "0"], "--max-new-tokens must be positive"),
+        (["generate", quickstart_run, "hi", "--temperature", "inf"], "--temperature must be between 0"),
+        (["chat", quickstart_run, "--temperature", "-1"], "--temperature must be between 0"),
     ]
     for args, message in cases:
         result = invoke(*args)

@@ -24,10 +24,12 @@ def test_prepare_tokenizes_every_split_and_plans_over_what_it_made(write_recipe)
     splits = load_splits(recipe.data)
     prepared = prepare(recipe, splits)
     assert prepared.batching == "grouped"  # sdpa on a CPU: no packing
-    assert {name: len(ds) for name, ds in prepared.datasets.items()} == splits.sizes()
+    for name, rows in splits.sizes().items():  # rows whose answer max_length cut off entirely are dropped
+        assert len(prepared.datasets[name]) == rows - prepared.reports[name].dropped_no_target
     assert prepared.plan.train_rows == len(splits.train)
     assert prepared.plan.steps_per_epoch == math.ceil(len(splits.train) / recipe.train.micro_batch_size)
-    assert prepared.tokenizer.eos_token_id in prepared.datasets["train"][0]["input_ids"]
+    ends = [ids[-1] for ids in prepared.datasets["train"]["input_ids"] if len(ids) < recipe.data.max_length]
+    assert ends and all(end == prepared.tokenizer.eos_token_id for end in ends)  # untruncated rows end with EOS
 
 
 def test_packed_runs_count_steps_over_packed_sequences(write_recipe, monkeypatch):

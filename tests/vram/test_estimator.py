@@ -279,7 +279,7 @@ def test_render_table_and_no_torch_import():
     render_table(estimate(spec_from_config(SMALL), TrainingSetup(micro_batch_size=1, seq_len=32)), console)
     text = console.export_text()
     assert "peak allocated" in text and "H100 80GB" in text
-    code = "import sys, finetune.vram, finetune.architectures; assert 'torch' not in sys.modules"
+    code = "import sys, finetune.vram.estimator, finetune.vram.architectures; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
