@@ -135,6 +135,11 @@ class DataSection(Section):
         1024, ge=2, le=1_048_576, description="Tokens per example; longer ones are truncated and counted."
     )
     completion_only_loss: bool = Field(True, description="Loss on answer/assistant tokens only (not the prompt).")
+    truncation: Literal["prompt", "end", "start", "drop"] = Field(
+        "prompt",
+        description="Longer than max_length: prompt = cut the prompt, keep the answer (data/truncate.py); end; "
+        "start; drop.",
+    )
     packing: Literal["auto", "on", "off"] = Field(
         "auto", description="auto = packed with flash_attention_2, else length-grouped batches; on; off = padded."
     )
@@ -185,6 +190,10 @@ class TrainSection(Section):
     seed: int = Field(
         42, ge=0, le=SEED_MAX, description="Seed for weights init of the adapter, dropout and data order."
     )
+    sample_prompts: int = Field(
+        3, ge=0, le=100, description="Validation prompts answered (greedy) at each validation, into samples.jsonl."
+    )
+    sample_max_new_tokens: int = Field(48, ge=1, le=4096, description="Tokens generated per sample answer.")
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list, description="Experiment trackers; tensorboard logs go to RUN/tb."
     )

@@ -22,6 +22,14 @@ def cache_home() -> Path:
     return Path(os.environ.get("FINETUNE_HOME", Path.home() / ".cache" / "finetune"))
 
 
+def umask_mode(directory: bool) -> int:
+    """The mode a plain open()/mkdir() would give under the user's umask (mkstemp/mkdtemp give 0600/0700,
+    which a host outside a container, or another user, cannot read)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def looks_like_path(name: str) -> bool:
     """Whether a model name is meant as a local path rather than a hub id (org/name).
 

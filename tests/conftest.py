@@ -106,3 +106,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
+
+
+# Tests that train a model or run the CLI end to end: `pytest -m "not slow"` leaves them out.
+SLOW_FIXTURES = {"quickstart_run", "sentiment_run", "write_recipe"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        in_e2e = "e2e" in item.path.parts
+        if in_e2e or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -135,7 +135,16 @@ def generate(
     model, tokenizer = load_model(trained)
     system = system if system is not None else trained.recipe.data.system_prompt
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    run_generate(model, tokenizer, messages, max_new_tokens=max_new_tokens, temperature=temperature, stream=sys.stdout)
+    context = min(trained.recipe.data.max_length, getattr(model.config, "max_position_embeddings", 10**9))
+    run_generate(
+        model,
+        tokenizer,
+        messages,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        stream=sys.stdout,
+        context_length=max(context, max_new_tokens + 16),
+    )
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +15,9 @@ from finetune.errors import UserError
 @app.command()
 @handle_errors
 def train(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    recipe: Annotated[
+        Path | None, typer.Argument(help="Recipe YAML file (with --resume: default RUN/recipe.yaml).")
+    ] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Run directory (default: output.dir).")] = None,
     set_: Overrides = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty run directory.")] = False,
@@ -38,6 +41,7 @@ def train(
     """Fine-tune a model as the recipe says and write a run directory.
 
     Example: finetune train recipes/quickstart.yaml -o runs/quick --set train.epochs=1
+    Resume:  finetune train --resume -o runs/quick
     """
     from finetune.config import load_recipe
     from finetune.train.launch import finish
@@ -48,6 +52,12 @@ def train(
         raise UserError("--resume and --overwrite contradict each other; choose one")
     if nproc < 1:
         raise UserError(f"--nproc must be at least 1 (got {nproc})")
+    if recipe is None:
+        if not (resume and output):
+            raise UserError("train needs a RECIPE (or `--resume -o RUN`, which reads RUN/recipe.yaml)")
+        recipe = output / "recipe.yaml"
+        if not recipe.is_file():
+            raise UserError(f"{output}: no recipe.yaml here, so it is not a finetune run to resume; check -o")
     loaded = load_recipe(recipe, [*(set_ or []), *(["model.allow_pickle=true"] if allow_pickle else [])])
     run = output or Path(loaded.output.dir or f"runs/{recipe.stem}")
     loaded.output.dir = str(run)
@@ -62,6 +72,7 @@ def train(
     }
     request = TrainRequest(
         run=run,
+        recipe_file=recipe,
         overwrite=overwrite,
         resume=resume,
         dry_run=dry_run,
@@ -81,7 +92,7 @@ def train(
         code = fine_tune(loaded, request, console)
     except Stopped as stop:  # every rank stops together (the stop decisions are agreed across ranks)
         finish()
-        hint = f"; resume with: finetune train {recipe} -o {run} --resume" if stop.resumable else ""
+        hint = f"; resume with: finetune train --resume -o {shlex.quote(str(run))}" if stop.resumable else ""
         typer.echo(f"stopped: {stop}{hint}", err=True)
         raise typer.Exit(stop.exit_code) from None
     if code:

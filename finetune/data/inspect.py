@@ -182,7 +182,7 @@ def measure(
 ) -> tuple[list[int], dict[str, Any], list[Problem]]:
     """Lengths of the encoded examples (what training sees: template, BOS/EOS) and what max_length cuts off."""
 
-    lengths, problems, truncated, lost, no_answer = [], [], 0, 0, 0
+    lengths, problems, truncated, lost, no_answer, cut, cut_tokens = [], [], 0, 0, 0, 0, 0
     for item in items:
         if tokenizer is None:
             example = item.example
@@ -200,9 +200,11 @@ def measure(
             continue
         length = len(encoded.input_ids)
         lengths.append(length)
-        if length > max_length:
+        if length > max_length:  # what training does to it, under data.truncation
+            fitted = encode(item.example, tokenizer, max_length, data.completion_only_loss, data.truncation)
             truncated, lost = truncated + 1, lost + length - max_length
-            no_answer += all(label == IGNORE for label in encoded.labels[:max_length])  # training drops these
+            no_answer += fitted.dropped or all(label == IGNORE for label in fitted.labels)  # training drops these
+            cut, cut_tokens = cut + (fitted.prompt_tokens_cut > 0), cut_tokens + fitted.prompt_tokens_cut
     ordered = sorted(lengths)
     stats: dict[str, Any] = {"unit": "tokens" if tokenizer is not None else "characters"}
     stats.update(dict.fromkeys(("min", "p50", "p90", "p99", "max", "mean")))  # same keys when no row is usable
@@ -216,12 +218,15 @@ def measure(
             mean=round(sum(ordered) / len(ordered), 1),
         )
     counted = tokenizer is not None  # truncation is in tokens; characters cannot say
-    cut = {
-        "truncated_rows": truncated if counted else None,
-        "truncated_tokens": lost if counted else None,
-        "truncated_to_no_answer": no_answer if counted else None,
+    fit = {
+        "truncation": data.truncation,
+        "truncated_rows": truncated if counted else None,  # rows longer than max_length
+        "truncated_tokens": lost if counted else None,  # tokens beyond max_length, all rows together
+        "prompts_cut": cut if counted else None,  # data.truncation: prompt: rows whose prompt is cut to fit
+        "prompt_tokens_cut": cut_tokens if counted else None,
+        "truncated_to_no_answer": no_answer if counted else None,  # rows training drops
     }
-    return lengths, {"token_lengths": stats, **cut}, problems
+    return lengths, {"token_lengths": stats, **fit}, problems
 
 
 def plot_lengths(lengths: list[int], unit: str, max_length: int, path: Path) -> None:

@@ -1,6 +1,6 @@
 """Tokenised splits cached on disk, so a rerun, a resume or a sweep over training settings skips tokenising.
 
-    columns, report = cached_encode(examples, tokenizer, max_length, completion_only_loss, data_hash)
+    columns, report = cached_encode(examples, tokenizer, max_length, completion_only_loss, data_hash, truncation)
 
 One Parquet file per split under $FINETUNE_HOME/token-cache/<key>.parquet, with the EncodingReport as
 JSON in the file's metadata (one file, written to a temporary name and renamed: a crash or a
@@ -28,7 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from finetune.data import tokenize
+from finetune.data import tokenize, truncate
 from finetune.data.read import Example
 from finetune.data.tokenize import EncodingReport, encode_split
 from finetune.errors import UserError
@@ -57,17 +57,19 @@ def cached_encode(
     max_length: int,
     completion_only_loss: bool,
     data_hash: str,
+    truncation: str = "prompt",
     cache_dir: Path | str | None = None,
 ) -> tuple[dict[str, list[list[int]]], EncodingReport]:
     """encode_split, read from the cache when the same split was tokenised the same way before."""
     directory = Path(cache_dir) if cache_dir is not None else cache_dir_default()
     max_bytes = max_cache_bytes()  # a bad setting fails before the work, not after it
-    path = directory / f"{cache_key(examples, tokenizer, max_length, completion_only_loss, data_hash)}.parquet"
+    key = cache_key(examples, tokenizer, max_length, completion_only_loss, data_hash, truncation)
+    path = directory / f"{key}.parquet"
     hit = _read(path)
     if hit is not None:
         _touch(path)  # recently used: pruned last
         return hit
-    columns, report = encode_parallel(examples, tokenizer, max_length, completion_only_loss)
+    columns, report = encode_parallel(examples, tokenizer, max_length, completion_only_loss, truncation=truncation)
     try:
         _write(path, columns, report)
         prune(directory, max_bytes, keep=path)
@@ -119,7 +121,12 @@ def _touch(path: Path) -> None:
 
 
 def cache_key(
-    examples: list[Example], tokenizer: Any, max_length: int, completion_only_loss: bool, data_hash: str
+    examples: list[Example],
+    tokenizer: Any,
+    max_length: int,
+    completion_only_loss: bool,
+    data_hash: str,
+    truncation: str = "prompt",
 ) -> str:
     import tokenizers
     import transformers
@@ -130,10 +137,11 @@ def cache_key(
         f"data {data_hash}",
         f"max_length {max_length}",
         f"completion_only_loss {completion_only_loss}",
+        f"truncation {truncation}",
         f"tokenizer {tokenizer_fingerprint(tokenizer)}",
         f"template {json.dumps(getattr(tokenizer, 'chat_template', None), sort_keys=True)}",
         # a fix in the masking code must not be hidden by old cached labels
-        f"code {hashlib.sha256(Path(tokenize.__file__).read_bytes()).hexdigest()}",
+        *(f"code {hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest()}" for m in (tokenize, truncate)),
         f"versions {transformers.__version__} {tokenizers.__version__}",
     ):
         h.update(part.encode() + b"\0")
@@ -167,7 +175,12 @@ _shared: dict[str, Any] = {}  # set before forking: workers inherit it instead o
 
 
 def encode_parallel(
-    examples: list[Example], tokenizer: Any, max_length: int, completion_only_loss: bool, workers: int | None = None
+    examples: list[Example],
+    tokenizer: Any,
+    max_length: int,
+    completion_only_loss: bool,
+    workers: int | None = None,
+    truncation: str = "prompt",
 ) -> tuple[dict[str, list[list[int]]], EncodingReport]:
     """encode_split over contiguous chunks in forked workers; the same result as one process, in order."""
     if workers is None:
@@ -175,9 +188,13 @@ def encode_parallel(
     import multiprocessing
 
     if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        return encode_split(examples, tokenizer, max_length, completion_only_loss)
+        return encode_split(examples, tokenizer, max_length, completion_only_loss, truncation)
     _shared.update(
-        examples=examples, tokenizer=tokenizer, max_length=max_length, completion_only_loss=completion_only_loss
+        examples=examples,
+        tokenizer=tokenizer,
+        max_length=max_length,
+        completion_only_loss=completion_only_loss,
+        truncation=truncation,
     )
     bounds = [len(examples) * i // workers for i in range(workers + 1)]
     try:
@@ -198,7 +215,9 @@ def encode_parallel(
 def _encode_chunk(bounds: tuple[int, int]):
     start, end = bounds
     s = _shared
-    return encode_split(s["examples"][start:end], s["tokenizer"], s["max_length"], s["completion_only_loss"])
+    return encode_split(
+        s["examples"][start:end], s["tokenizer"], s["max_length"], s["completion_only_loss"], s["truncation"]
+    )
 
 
 # --------------------------------------------------------------------------------------------

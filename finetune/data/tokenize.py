@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from finetune.data.read import Example, empty_answer
+from finetune.data.truncate import shorten
 from finetune.errors import UserError
 
 IGNORE = -100  # label value PyTorch's cross-entropy skips
@@ -38,6 +39,8 @@ class Encoded:
     labels: list[int]
     truncated: bool
     eos_appended: bool
+    prompt_tokens_cut: int = 0  # data.truncation: prompt: tokens the cut removed from the prompt
+    dropped: bool = False  # does not fit (data.truncation: drop, or an answer too long for max_length)
 
 
 @dataclass
@@ -55,6 +58,9 @@ class EncodingReport:
     # Defaults, so a report stored before these fields existed (token cache, metrics.json) still loads.
     empty_answers: int = 0
     empty_answer_sources: list[str] = field(default_factory=list)  # the first few, "file:line"
+    prompts_cut: int = 0  # data.truncation: prompt: examples whose prompt was shortened to fit
+    prompt_tokens_cut: int = 0  # the tokens those cuts removed
+    dropped_too_long: int = 0  # data.truncation: drop, or prompt with an answer that alone does not fit
 
 
 def ensure_chat_template(tokenizer: Any, override: str | None) -> None:
@@ -114,33 +120,67 @@ def _extend(pieces: list[tuple[str, bool]], done: str, rendered: str, trainable:
         pieces.append((rendered[len(done) :], trainable))
 
 
-def encode(example: Example, tokenizer: Any, max_length: int, completion_only_loss: bool) -> Encoded:
-    """Token ids and labels for one example; answer tokens keep their id as label, the rest get -100."""
+def encode(
+    example: Example, tokenizer: Any, max_length: int, completion_only_loss: bool, truncation: str = "prompt"
+) -> Encoded:
+    """Token ids and labels for one example; answer tokens keep their id as label, the rest get -100.
+
+    Longer than max_length: `truncation` decides (data/truncate.py); plain text is cut at the end.
+    """
     if example.text is not None:
-        pieces = [(example.text, True)]
         bos = [tokenizer.bos_token_id] if _adds_bos(tokenizer) else []
+        input_ids, labels, eos_appended = _tokens([(example.text, True)], bos, tokenizer, completion_only_loss)
     else:
-        try:
-            pieces = render_pieces(example.messages or [], tokenizer)
-        except UserError as err:
-            if not example.source:
-                raise
-            raise UserError(f"{example.source}: {err}") from err  # name the row
-        bos = []
+        input_ids, labels, eos_appended = _encode_messages(
+            example, example.messages or [], tokenizer, completion_only_loss
+        )
+    if len(input_ids) <= max_length:
+        return Encoded(input_ids, labels, False, eos_appended)
+    if truncation == "drop":
+        return Encoded([], [], True, eos_appended, dropped=True)
+    if truncation == "start" and example.text is None:
+        return Encoded(input_ids[-max_length:], labels[-max_length:], True, eos_appended)
+    if truncation == "prompt" and example.text is None:
+        messages = example.messages or []
+
+        def size(candidate: list[dict[str, str]]) -> int:
+            return len(_encode_messages(example, candidate, tokenizer, completion_only_loss)[0])
+
+        shorter = shorten(messages, size, max_length, tokenizer)
+        if shorter is None:
+            return Encoded([], [], True, eos_appended, dropped=True)
+        ids, kept_labels, appended = _encode_messages(example, shorter, tokenizer, completion_only_loss)
+        return Encoded(ids, kept_labels, True, appended, prompt_tokens_cut=len(input_ids) - len(ids))
+    return Encoded(input_ids[:max_length], labels[:max_length], True, eos_appended)
+
+
+def _encode_messages(
+    example: Example, messages: list[dict[str, str]], tokenizer: Any, completion_only_loss: bool
+) -> tuple[list[int], list[int], bool]:
+    try:
+        pieces = render_pieces(messages, tokenizer)
+    except UserError as err:
+        if not example.source:
+            raise
+        raise UserError(f"{example.source}: {err}") from err  # name the row
+    return _tokens(pieces, [], tokenizer, completion_only_loss)
+
+
+def _tokens(
+    pieces: list[tuple[str, bool]], bos: list[int], tokenizer: Any, completion_only_loss: bool
+) -> tuple[list[int], list[int], bool]:
     input_ids: list[int] = list(bos)
     labels: list[int] = [IGNORE] * len(bos)
     for text, trainable in pieces:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         input_ids += ids
         labels += ids if (trainable or not completion_only_loss) else [IGNORE] * len(ids)
-
     eos = tokenizer.eos_token_id
     append_eos = eos not in _last_target_span(input_ids, labels)
     if append_eos:  # end every answer with EOS, trained, so generation learns to stop
         input_ids.append(eos)
         labels.append(eos)
-    truncated = len(input_ids) > max_length
-    return Encoded(input_ids[:max_length], labels[:max_length], truncated, append_eos)
+    return input_ids, labels, append_eos
 
 
 def _adds_bos(tokenizer: Any) -> bool:
@@ -161,16 +201,21 @@ def _last_target_span(input_ids: list[int], labels: list[int]) -> list[int]:
 
 
 def encode_split(
-    examples: list[Example], tokenizer: Any, max_length: int, completion_only_loss: bool
+    examples: list[Example], tokenizer: Any, max_length: int, completion_only_loss: bool, truncation: str = "prompt"
 ) -> tuple[dict[str, list[list[int]]], EncodingReport]:
-    """Encode a split; examples truncated to no answer token at all are dropped and counted."""
+    """Encode a split; examples that do not fit, or are cut to no answer token at all, are dropped and counted."""
     report = EncodingReport()
     columns: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
     for example in examples:
-        encoded = encode(example, tokenizer, max_length, completion_only_loss)
+        encoded = encode(example, tokenizer, max_length, completion_only_loss, truncation)
         report.examples += 1
         report.truncated += encoded.truncated
         report.eos_appended += encoded.eos_appended
+        report.prompts_cut += encoded.prompt_tokens_cut > 0
+        report.prompt_tokens_cut += encoded.prompt_tokens_cut
+        if encoded.dropped:
+            report.dropped_too_long += 1
+            continue
         if all(label == IGNORE for label in encoded.labels):
             report.dropped_no_target += 1
             continue

@@ -13,7 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from finetune.paths import cache_home
+from finetune.errors import UserError, disk_full
+from finetune.paths import cache_home, umask_mode
 from finetune.vram.architectures import TINY_LLAMA_CONFIG
 
 VERSION = "v1"  # bump when the build below changes, so caches rebuild
@@ -25,14 +26,25 @@ def tiny_llama_path() -> Path:
     target = cache_home() / "models" / f"tiny-llama-{VERSION}"
     if (target / "model.safetensors").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-llama-", dir=target.parent))
+    staging = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".tiny-llama-", dir=target.parent))
+        staging.chmod(umask_mode(directory=True))
         build_tiny_llama(staging)
         with contextlib.suppress(OSError):  # OSError: another process won the race
             os.replace(staging, target)  # atomic: a concurrent build or a crash never leaves half a model
+    except Exception as err:
+        reason = disk_full(err) or (err.strerror if isinstance(err, OSError) else None)
+        if reason is None:
+            raise
+        raise UserError(
+            f"{cache_home()}: cannot build the tiny model in finetune's cache ({reason}); free space there "
+            "or set FINETUNE_HOME to a writable folder with ~10 MB free"
+        ) from err
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

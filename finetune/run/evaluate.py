@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from finetune.data.read import Example, load_examples, load_splits
-from finetune.data.tokenize import encode
+from finetune.data.tokenize import IGNORE, encode
 from finetune.errors import UserError
 from finetune.run import run_dir, scoring
 from finetune.run.inference import TrainedRun, load_model
@@ -81,8 +81,14 @@ def evaluate_run(
         with _progress_bar(console, name, len(examples), progress) as advance:
             start = time.perf_counter()
             if task == "lm":
-                encoded = [encode(e, tokenizer, max_length, run.recipe.data.completion_only_loss) for e in examples]
-                result = scoring.lm_loss(model, [(x.input_ids, x.labels) for x in encoded], batch_size, advance)
+                data = run.recipe.data  # the training run's truncation rule: the same tokens as its test score
+                encoded = [
+                    encode(e, tokenizer, max_length, data.completion_only_loss, data.truncation) for e in examples
+                ]
+                usable = [(x.input_ids, x.labels) for x in encoded if not x.dropped and set(x.labels) != {IGNORE}]
+                result = scoring.lm_loss(model, usable, batch_size, advance)
+                result["dropped_too_long"] = len(examples) - len(usable)
+                result["prompts_cut"] = sum(x.prompt_tokens_cut > 0 for x in encoded)
                 rows = [{"input": _prompt_text(e)} for e in examples]
             else:
                 result, rows = _classify(model, tokenizer, examples, labels, max_length, batch_size, method, advance)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TextIO
 
+from finetune.data.truncate import shorten
 from finetune.errors import UserError
 
 
@@ -14,10 +15,33 @@ def prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def fitted_prompt_ids(tokenizer, messages: list[dict[str, str]], budget: int) -> list[int]:
+    """prompt_ids, cut as training cuts a long prompt (data/truncate.py) to at most `budget` tokens, so a
+    long document leaves room for the answer instead of overflowing the model's context."""
+    ids = prompt_ids(tokenizer, messages)
+    if len(ids) <= budget:
+        return ids
+    shorter = shorten(messages, lambda m: len(prompt_ids(tokenizer, m)), budget, tokenizer)
+    if shorter is None:
+        raise UserError(
+            f"the prompt does not fit in {budget} tokens even cut down; shorten it or lower --max-new-tokens"
+        )
+    return prompt_ids(tokenizer, shorter)
+
+
 def generate(
-    model, tokenizer, messages: list[dict[str, str]], *, max_new_tokens: int, temperature: float, stream: TextIO | None
+    model,
+    tokenizer,
+    messages: list[dict[str, str]],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    stream: TextIO | None,
+    context_length: int | None = None,
 ) -> str:
-    """One assistant reply; tokens are written to `stream` as they are produced. Greedy at temperature 0."""
+    """One assistant reply; tokens are written to `stream` as they are produced. Greedy at temperature 0.
+
+    With `context_length`, a longer prompt is cut as in training, leaving room for max_new_tokens."""
     import torch
 
     if max_new_tokens <= 0:
@@ -25,7 +49,9 @@ def generate(
     if temperature < 0:
         raise UserError(f"--temperature must be >= 0 (got {temperature})")
     device = next(model.parameters()).device
-    ids = torch.tensor([prompt_ids(tokenizer, messages)], device=device)
+    budget = max(1, context_length - max_new_tokens) if context_length else None
+    ids = prompt_ids(tokenizer, messages) if budget is None else fitted_prompt_ids(tokenizer, messages, budget)
+    ids = torch.tensor([ids], device=device)
     streamer = _Streamer(tokenizer, stream) if stream else None
     sampling = (
         {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else {"do_sample": False}

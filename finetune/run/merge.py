@@ -25,8 +25,7 @@ def merge(run: TrainedRun, out: Path, dtype: str = "bf16", overwrite: bool = Fal
 
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out}: output directory is not empty; pass --overwrite or choose another -o")
+    check_merge_output(run.path, out, overwrite)
     weights_dtype = torch_dtype(dtype)
     base_path = loading.resolve_model_path(run.recipe.model)
     base = AutoModelForCausalLM.from_pretrained(
@@ -43,7 +42,28 @@ def merge(run: TrainedRun, out: Path, dtype: str = "bf16", overwrite: bool = Fal
     generation.pad_token_id = tokenizer.pad_token_id
 
     with run_dir.staged_directory(out) as staging:
+        run_dir.write_json(staging / run_dir.MERGE_MARKER, {"created_by": "finetune merge", "run": str(run.path)})
         merged.save_pretrained(staging)  # safetensors
         tokenizer.save_pretrained(staging)
         generation.save_pretrained(staging)
     return out
+
+
+def check_merge_output(run: Path, out: Path, overwrite: bool) -> None:
+    """-o must be a new or empty folder, or (with --overwrite) one an earlier merge made; never the run
+    itself, a folder inside it, or a folder that holds it."""
+    if out.resolve() == run.resolve() or run.resolve() in out.resolve().parents:
+        raise UserError(f"{out}: -o lies inside the run {run}; merging there would replace the run: choose another -o")
+    if out.resolve() in run.resolve().parents:
+        raise UserError(f"{out}: -o holds the run {run}; choose a folder of its own")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is a file; choose a folder for the merged model with -o")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise UserError(f"{out}: output directory is not empty; pass --overwrite or choose another -o")
+    if not (out / run_dir.MERGE_MARKER).is_file():
+        raise UserError(
+            f"{out}: --overwrite only replaces a folder an earlier `finetune merge` made, and this one is not; "
+            "choose another -o"
+        )

@@ -1,57 +1,171 @@
-"""The run directory: created safely, written atomically, recognisable as finished.
+"""The run directory: created safely, written atomically, recognisable as finetune's and as finished.
 
+RUN/.finetune-run    marker: finetune made this folder (+ the recipe and data hashes it was made for)
 RUN/recipe.yaml      resolved recipe          RUN/metrics.json   written last: its presence = finished
 RUN/adapter/         PEFT adapter + tokenizer RUN/loss.png       train/validation loss, best step marked
 RUN/checkpoints/     trainer checkpoints      RUN/tb/            TensorBoard logs (when chosen)
+
+`--overwrite` empties a folder only when it carries the marker and holds nothing but what finetune
+writes there; a folder with the user's own files, or one holding an input of the run, is refused.
+Everything is written with the user's umask, so a host outside a container can read it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from finetune.errors import UserError
+from finetune.paths import umask_mode
 
 METRICS = "metrics.json"
 ADAPTER = "adapter"
+MARKER = ".finetune-run"
+MERGE_MARKER = ".finetune-merge"
+LOCK = ".finetune-lock"
+SAMPLES = "samples.jsonl"  # generations for a few validation prompts at each validation (train/samples.py)
+# What finetune writes into a run directory (eval/ is `finetune eval`'s default output); dot-prefixed
+# names are its temporary files and staging folders (write_atomic, staged_directory).
+RUN_ENTRIES = {
+    MARKER,
+    LOCK,
+    "recipe.yaml",
+    ADAPTER,
+    METRICS,
+    "metrics.partial.json",
+    "loss.png",
+    "checkpoints",
+    "tb",
+    "eval",
+    SAMPLES,
+    "train.log",
+}
 
 
 def is_finished(run: Path) -> bool:
     return (run / METRICS).is_file() and (run / ADAPTER / "adapter_config.json").is_file()
 
 
-def prepare(run: Path, overwrite: bool) -> None:
-    """Create RUN, refusing to mix two runs in one folder unless --overwrite says so."""
+def foreign_entries(folder: Path, known: set[str]) -> list[str]:
+    """Names in `folder` that finetune did not write there (its own temporary `.name*` files excepted)."""
+    own = {name.lstrip(".") for name in known}
+    return sorted(
+        child.name
+        for child in folder.iterdir()
+        if child.name not in known
+        and not (child.name.startswith(".") and child.name[1:].split("-")[0].split(".")[0] in own)
+    )
+
+
+def check_output(run: Path, overwrite: bool, inputs: Iterable[Path] = ()) -> None:
+    """Refuse, before any data is read, an output that would mix two runs or delete what is not ours."""
     if run.exists() and not run.is_dir():
         raise UserError(f"{run}: output path exists and is a file; choose another -o/--output")
-    if run.is_dir() and any(run.iterdir()):
-        if not overwrite:
-            raise UserError(
-                f"{run}: output directory is not empty; pass --resume to continue its run, --overwrite to replace "
-                "it, or choose another -o"
-            )
-        for child in run.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    inside = [path for path in inputs if _within(path, run)]
+    if inside:
+        raise UserError(f"{inside[0]}: an input of this run lies inside the output directory {run}; choose another -o")
+    if not run.is_dir() or not any(run.iterdir()):
+        return
+    if not overwrite:
+        raise UserError(
+            f"{run}: output directory is not empty; pass --resume to continue its run, --overwrite to replace "
+            "it, or choose another -o"
+        )
+    if not (run / MARKER).is_file():
+        raise UserError(
+            f"{run}: --overwrite only replaces run directories finetune made, and this one holds "
+            f"{_listing(sorted(p.name for p in run.iterdir()))}; choose another -o"
+        )
+    foreign = foreign_entries(run, RUN_ENTRIES)
+    if foreign:
+        raise UserError(
+            f"{run}: --overwrite would delete files finetune did not write ({_listing(foreign)}); "
+            "move them out or choose another -o"
+        )
+    check_unlocked(run)
+
+
+def prepare(run: Path, overwrite: bool, fingerprint: dict[str, Any], inputs: Iterable[Path] = ()) -> None:
+    """Create RUN (or empty a run finetune made, with --overwrite) and mark it as finetune's."""
+    check_output(run, overwrite, inputs)
+    if run.is_dir():
+        for child in run.iterdir():  # check_output allowed only finetune's own entries
+            if child.name != LOCK:
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     try:
         run.mkdir(parents=True, exist_ok=True)
-        probe = run / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        write_json(run / MARKER, {"created_by": "finetune", **fingerprint})
     except OSError as err:
+        if err.errno is not None and err.strerror and "No space" in err.strerror:
+            raise
         raise UserError(f"{run}: cannot write to the output directory ({err.strerror}); choose another -o") from err
+
+
+def reset(run: Path) -> None:
+    """Empty a run that died before its first checkpoint, to start it over in place: finetune's own
+    entries go (an unsealed checkpoint, partial metrics); its marker, lock and anything else stay."""
+    for name in RUN_ENTRIES - {MARKER, LOCK}:
+        path = run / name
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+    remove_staging(run)
+
+
+def remove_staging(run: Path) -> None:
+    """Staging folders of an adapter write that a kill interrupted (staged_directory names them .adapter-*)."""
+    for stale in run.glob(f".{ADAPTER}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def read_marker(run: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def lock(run: Path):
+    """Hold an exclusive lock on RUN while training into it (released when the process ends, however it
+    ends): two processes never train into one folder. Returns the open file that holds it."""
+    handle = open(run / LOCK, "a+")  # noqa: SIM115 - kept open for the lifetime of the run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(
+            f"{run}: another finetune process is training into this folder; wait for it or choose another -o"
+        ) from None
+    return handle
+
+
+def check_unlocked(run: Path) -> None:
+    if (run / LOCK).is_file():
+        lock(run).close()
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path.resolve() == folder.resolve() or folder.resolve() in path.resolve().parents
+
+
+def _listing(names: list[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def write_atomic(path: Path, text: str) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, umask_mode(directory=False))
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, path)
@@ -61,7 +175,18 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Valid JSON always: a NaN or infinite number (a diverged loss) is written as null."""
+    write_atomic(path, json.dumps(finite(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 def write_recipe(run: Path, resolved: dict[str, Any]) -> None:
@@ -115,6 +240,11 @@ def staged_directory(target: Path):
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         yield staging
+        # the libraries write some files 0600 (and mkdtemp made the folder 0700): the umask's modes instead
+        for folder, _, names in os.walk(staging):
+            os.chmod(folder, umask_mode(directory=True))
+            for name in names:
+                os.chmod(os.path.join(folder, name), umask_mode(directory=False))
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)

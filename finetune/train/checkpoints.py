@@ -9,57 +9,49 @@ therefore leaves a folder without the marker, which resume ignores.
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
-from finetune.errors import UserError
 from finetune.run import run_dir
 from finetune.train.launch import all_ranks_max
-
-MARKER = "finetune-complete.json"
+from finetune.train.resume import MARKER
 
 
 class MarkComplete(TrainerCallback):
-    """on_save runs after the trainer has written the whole checkpoint: seal it."""
+    """on_save runs after the trainer has written the whole checkpoint: seal it.
 
-    def __init__(self, fingerprint: dict[str, str], events: list[dict[str, Any]], sharded: bool = False):
+    The seal records the recipe and data hashes, the events so far, the base model's validation loss,
+    and whether training had ended there (last step, or early stopping): resuming from such a
+    checkpoint only writes what the killed process did not (adapter, test score, metrics).
+    """
+
+    def __init__(self, fingerprint: dict[str, str], events: list[dict[str, Any]], sharded: bool = False, stopper=None):
         self.fingerprint = fingerprint
         self.events = events  # carried in the marker, so a resumed run keeps the earlier events
         self.sharded = sharded  # written under FSDP: not resumable yet (check_resumable)
+        self.stopper = stopper  # transformers' EarlyStoppingCallback, or None
+        self.extra: dict[str, Any] = {}  # base_eval_loss, once measured
+
+    def stopped_early(self) -> bool:
+        stopper = self.stopper
+        return bool(stopper and stopper.early_stopping_patience_counter >= stopper.early_stopping_patience)
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            seal = {**self.fingerprint, "global_step": state.global_step, "events": self.events, "fsdp": self.sharded}
+            seal = {
+                **self.fingerprint,
+                **self.extra,
+                "global_step": state.global_step,
+                "events": self.events,
+                "fsdp": self.sharded,
+                "stopped_early": self.stopped_early(),
+                "final": state.global_step >= state.max_steps or self.stopped_early(),
+            }
             run_dir.write_json(folder / MARKER, seal)
-
-
-def latest_complete(run: Path) -> Path | None:
-    """The newest sealed checkpoint of a run, or None."""
-    folder = run / "checkpoints"
-    sealed = [p for p in folder.glob("checkpoint-*") if (p / MARKER).is_file()] if folder.is_dir() else []
-    return max(sealed, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
-
-
-def check_resumable(run: Path, fingerprint: dict[str, str]) -> Path:
-    """The checkpoint to resume from, after checking it belongs to this recipe and this data."""
-    checkpoint = latest_complete(run)
-    if checkpoint is None:
-        raise UserError(f"{run}: no complete checkpoint to resume from; start the run without --resume")
-    saved = json.loads((checkpoint / MARKER).read_text())
-    if saved.get("fsdp"):  # measured: the trainer's FSDP loading made a resumed run diverge (docs/multi-gpu.md)
-        raise UserError(f"{run}: a train.fsdp run cannot be resumed yet; start it over with --overwrite")
-    for key, what in (("recipe_hash", "recipe"), ("data_hash", "data")):
-        if saved.get(key) != fingerprint[key]:
-            raise UserError(
-                f"{run}: the {what} changed since {checkpoint.name} was written; resuming would mix two runs. "
-                "Restore it, or start over with --overwrite"
-            )
-    return checkpoint
 
 
 class StopOnSignal(TrainerCallback):

@@ -7,7 +7,7 @@ metrics = train(recipe, run, console, prepared)  the run itself; returns what me
 from __future__ import annotations
 
 import contextlib
-import json
+import math
 import time
 from dataclasses import asdict
 from importlib import metadata
@@ -17,56 +17,18 @@ from typing import Any
 from rich.console import Console
 
 from finetune.config import Recipe
-from finetune.errors import UserError
 from finetune.model import loading
-from finetune.model.devices import compute_dtype, device_for_this_process, fsdp_active, is_main_process, world_size
+from finetune.model.devices import compute_dtype, device_for_this_process, is_main_process
 from finetune.run import run_dir
 from finetune.run.scoring import lm_loss
 from finetune.train import trainer as trainer_setup
 from finetune.train.launch import all_ranks_sum
 from finetune.train.plan import Plan
+from finetune.train.preflight import preflight
 from finetune.train.prepare import Prepared
-from finetune.vram import estimator
-from finetune.vram.architectures import load_spec
+from finetune.train.resume import ResumePoint
 
 PACKAGES = ("finetune", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "unsloth")
-
-
-def preflight(recipe: Recipe, model_path: str, console: Console, force: bool, backend: str = "hf") -> None:
-    """Print the VRAM estimate; on a GPU whose free memory is below it, stop with advice unless --force.
-
-    The estimate models the hf backend on one GPU. Unsloth offloads the checkpointed activations to the
-    CPU and measured about half of it (docs/vram.md), and FSDP over N GPUs divides the weights: for both
-    it is an upper bound and never stops the run.
-    """
-    import torch
-
-    try:
-        spec = load_spec(model_path)
-    except UserError as err:  # an architecture the estimator does not know: train anyway
-        console.print(f"[yellow]note:[/] no VRAM estimate ({err})")
-        return
-    setup = estimator.setup_from_recipe(recipe)
-    estimate = estimator.estimate(spec, setup, model=recipe.model.name)
-    line = f"VRAM estimate: {estimate.total_bytes / estimator.GiB:.2f} GiB on the GPU (peak, as nvidia-smi shows it)"
-    if not torch.cuda.is_available():
-        console.print(f"{line}; no GPU here, training on the CPU")
-        return
-    free, _ = torch.cuda.mem_get_info()
-    bounded_by = [
-        name
-        for name, on in (("Unsloth", backend == "unsloth"), ("FSDP", fsdp_active(recipe) and world_size() > 1))
-        if on
-    ]
-    if bounded_by:
-        line += ", an upper bound with " + " and ".join(bounded_by)
-    console.print(f"{line}; {free / estimator.GiB:.2f} GiB free on {torch.cuda.get_device_name()}")
-    if estimate.total_bytes > free and not force and not bounded_by:
-        tips = "; ".join(estimator.advise(spec, setup, free)[:3])
-        raise UserError(
-            f"the run needs about {estimate.total_bytes / estimator.GiB:.1f} GiB but {free / estimator.GiB:.1f} GiB are free: "
-            f"{tips} (or pass --force to try anyway)"
-        )
 
 
 def train(
@@ -76,55 +38,78 @@ def train(
     prepared: Prepared,
     *,
     overwrite: bool = False,
-    resume: bool = False,
+    resume_point: ResumePoint | None = None,
     progress: bool = True,
     force: bool = False,
     backend: str = "hf",
     callbacks: tuple = (),
+    inputs: tuple[Path, ...] = (),
 ) -> dict[str, Any]:
     """Fine-tune, keep the best adapter, score the test split, and write the run directory.
 
     `prepared` comes from train/prepare.py (tokenizer, tokenized splits, plan); `backend` from
     loading.choose_backend, called before transformers is imported; `callbacks` are extra
-    TrainerCallbacks (the throughput benchmark times the steps with one).
+    TrainerCallbacks (the throughput benchmark times the steps with one); `inputs` are the run's
+    input files, which --overwrite must never delete; `resume_point` is where --resume continues
+    (train/resume.py), None for a new run.
     """
-    from transformers import EarlyStoppingCallback, PrinterCallback, set_seed
-
-    from finetune.train.callbacks import RichProgress
-    from finetune.train.checkpoints import MarkComplete, StopOnSignal, check_resumable
-    from finetune.train.spike_guard import SpikeGuard
+    from transformers import set_seed
 
     started = time.perf_counter()
-    timings: dict[str, float] = {}
     trainer_setup.check_loss_kernel()
     set_seed(recipe.train.seed)
-    splits, plan, datasets, tokenizer = prepared.splits, prepared.plan, prepared.datasets, prepared.tokenizer
     device = device_for_this_process()  # before the preflight: each rank checks its own GPU
     preflight(recipe, prepared.model_path, console, force, backend)
-    timings["data_s"] = prepared.seconds
     for note in prepared.notes:
         console.print(f"[yellow]note:[/] {note}")
 
     # Run directory: a fresh one, or the checkpoint of this very recipe and data when resuming.
-    fingerprint = {"recipe_hash": recipe.fingerprint(), "data_hash": splits.data_hash}
-    events: list[dict[str, Any]] = []
-    checkpoint = None
-    if resume:
-        checkpoint = check_resumable(run, fingerprint)
-        events += json.loads((checkpoint / "finetune-complete.json").read_text()).get("events", [])
-        events.append({"type": "resume", "step": int(checkpoint.name.rsplit("-", 1)[1]), "checkpoint": checkpoint.name})
+    fingerprint = {"recipe_hash": recipe.fingerprint(), "data_hash": prepared.splits.data_hash}
+    point = resume_point
     is_main = is_main_process()  # rank 0 alone writes the run directory
-    if is_main and not resume:
-        run_dir.prepare(run, overwrite)
+    held = None
     if is_main:
-        run_dir.write_recipe(run, recipe.resolved_dict())
+        if point is not None:
+            run_dir.remove_staging(run)  # a kill while the adapter was being written leaves its staging folder
+            if point.checkpoint is None:  # died before its first checkpoint: start over in the same folder
+                run_dir.reset(run)
+        else:
+            run_dir.prepare(run, overwrite, fingerprint, inputs)
+        held = run_dir.lock(run)
+    try:
+        if is_main:
+            run_dir.write_recipe(run, recipe.resolved_dict())
+        return _fit(recipe, run, console, prepared, device, backend, progress, callbacks, fingerprint, point, started)
+    finally:
+        if held is not None:
+            held.close()
+
+
+def _fit(recipe, run, console, prepared, device, backend, progress, callbacks, fingerprint, point, started):
+    from transformers import EarlyStoppingCallback, PrinterCallback, TrainerState, set_seed
+
+    from finetune.train.callbacks import RichProgress
+    from finetune.train.checkpoints import MarkComplete, StopOnSignal
+    from finetune.train.samples import SampleWriter, sample_prompts
+    from finetune.train.spike_guard import SpikeGuard
+
+    splits, plan, datasets, tokenizer = prepared.splits, prepared.plan, prepared.datasets, prepared.tokenizer
+    timings: dict[str, float] = {"data_s": prepared.seconds}
+    is_main = is_main_process()
+    seal = point.seal if point else {}
+    events: list[dict[str, Any]] = list(seal.get("events", []))
+    if point is not None:
+        step = seal.get("global_step", 0)
+        events.append(
+            {"type": "resume", "step": step, "checkpoint": point.checkpoint.name if point.checkpoint else None}
+        )
 
     # Model: the frozen base (4-bit unless quant.method is none) with LoRA adapters.
     t0 = time.perf_counter()
     dtype = compute_dtype(recipe.model.dtype, device)
     set_seed(recipe.train.seed)  # right before the adapter's random init: nothing earlier can shift it
     model = loading.load_for_training(prepared.model_path, recipe, device, dtype, backend)
-    if is_main and recipe.lora.init in ("pissa", "olora") and not resume:
+    if is_main and recipe.lora.init in ("pissa", "olora") and point is None:
         run_dir.save_initial_adapter(run, model)
     trainable, total = model.get_nb_trainable_parameters()
     timings["model_load_s"] = time.perf_counter() - t0
@@ -143,24 +128,56 @@ def train(
         stopper = EarlyStoppingCallback(recipe.early_stopping.patience, recipe.early_stopping.min_delta)
         trainer.add_callback(stopper)
     if recipe.spike_guard.enabled:
-        trainer.spike_guard = SpikeGuard(recipe.spike_guard, events)
+        uniform = math.log(model.config.vocab_size)  # the loss of a model that predicts nothing
+        trainer.spike_guard = SpikeGuard(recipe.spike_guard, events, uniform_loss=uniform)
         trainer.add_callback(trainer.spike_guard)
-    trainer.add_callback(MarkComplete(fingerprint, events, sharded=trainer.is_fsdp_enabled))
+    sealer = MarkComplete(fingerprint, events, sharded=trainer.is_fsdp_enabled, stopper=stopper)
+    trainer.add_callback(sealer)
     signals = StopOnSignal()
     trainer.add_callback(signals)
     trainer.add_callback(RichProgress(console, enabled=progress))
+    t = recipe.train
+    if t.sample_prompts and not trainer.is_fsdp_enabled:  # FSDP: every rank would have to take part
+        prompts = sample_prompts(splits.validation, t.sample_prompts)
+        sampler = SampleWriter(prompts, tokenizer, run, t.sample_max_new_tokens, recipe.data.max_length, t.report_to)
+        sampler.handler = trainer.callback_handler
+        trainer.add_callback(sampler)
     for callback in callbacks:
         trainer.add_callback(callback)
 
+    # The base model's validation loss, before the first step: a run must beat it to count as improved.
+    # (Under FSDP evaluating before the trainer has wrapped the model is not supported: not measured.)
+    if point is not None:
+        base_eval_loss = seal.get("base_eval_loss")
+    elif trainer.is_fsdp_enabled:
+        base_eval_loss = None
+    else:
+        base_eval_loss = trainer.evaluate()["eval_loss"]
+    sealer.extra["base_eval_loss"] = base_eval_loss
+
     t0 = time.perf_counter()
-    signals.install()
-    try:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    finally:
-        signals.uninstall()
+    if point is not None and point.checkpoint is not None and seal.get("final"):
+        # Training had ended at that checkpoint; the process died writing the adapter or the metrics.
+        # Reload its state and the best checkpoint's weights, and write only what is missing.
+        trainer.state = TrainerState.load_from_json(str(point.checkpoint / "trainer_state.json"))
+        best = Path(trainer.state.best_model_checkpoint or point.checkpoint)
+        trainer._load_from_checkpoint(str(run / "checkpoints" / best.name))
+        stopped_early = bool(seal.get("stopped_early"))
+    else:
+        signals.install()
+        try:
+            trainer.train(resume_from_checkpoint=str(point.checkpoint) if point and point.checkpoint else None)
+        finally:
+            signals.uninstall()
+        stopped_early = sealer.stopped_early()
     timings["train_s"] = time.perf_counter() - t0
 
-    results = _results(trainer, plan, stopper, recipe, events)
+    results = _results(trainer, plan, stopped_early, events)
+    results["base_eval_loss"] = base_eval_loss
+    if base_eval_loss is not None:  # trainer.train() starts a fresh log: the base row goes first by hand
+        results["history"].insert(0, {"step": 0, "eval_loss": base_eval_loss})
+    best = results["best_eval_loss"]
+    results["improved"] = None if base_eval_loss is None or best is None else bool(best < base_eval_loss)
     results["throughput"] = _throughput(all_ranks_sum(trainer.trained_tokens, device), timings["train_s"], device)
     guard = trainer.spike_guard
     if signals.received is not None or (guard is not None and guard.diverged):
@@ -175,9 +192,11 @@ def train(
             if trainer.is_fsdp_enabled:  # see checkpoints.check_resumable
                 raise Stopped(signals.exit_code, f"{where}; train.fsdp runs cannot be resumed yet")
             raise Stopped(signals.exit_code, f"{where}; checkpoint saved", resumable=True)
+        collapsed = any(event["type"] == "collapse" for event in events)
+        what = "the model collapsed to predicting nothing" if collapsed else "loss spikes persisted"
         raise Stopped(
             1,
-            f"training diverged: loss spikes persisted after {guard.rollbacks} rollbacks with lower learning rates "
+            f"training diverged: {what} after {guard.rollbacks} rollbacks with lower learning rates "
             f"(see {run / 'metrics.partial.json'} events); lower train.learning_rate or check the data",
         )
 
@@ -195,31 +214,31 @@ def train(
         trainer.model.eval()
         test = datasets["test"]
         batch = recipe.train.eval_batch_size or recipe.train.micro_batch_size
-        scored = lm_loss(trainer.model, list(zip(test["input_ids"], test["labels"], strict=False)), batch)
+        scored = lm_loss(trainer.model, list(zip(test["input_ids"], test["labels"], strict=True)), batch)
         results["test_loss"], results["test_perplexity"] = scored["loss"], scored["perplexity"]
         timings["test_s"] = time.perf_counter() - t0
 
-    if is_main:
-        run_dir.plot_loss(results["history"], results["best_step"], run / "loss.png")
-        timings["total_s"] = time.perf_counter() - started
-        metrics = {
-            **results,
-            "parameters": {"trainable": trainable, "total": total},
-            "splits": splits.sizes(),
-            "data_format": splits.format,
-            "tokenization": {name: asdict(report) for name, report in prepared.reports.items()},
-            "world_size": plan.world_size,
-            "backend": backend,
-            "device": str(device),
-            "compute_dtype": str(dtype).removeprefix("torch."),
-            "versions": package_versions(),
-            **fingerprint,
-            "timings": {k: round(v, 3) for k, v in timings.items()},
-        }
-        (run / "metrics.partial.json").unlink(missing_ok=True)
-        run_dir.write_json(run / run_dir.METRICS, metrics)  # last: its presence marks a finished run
-        return metrics
-    return results
+    if not is_main:
+        return results
+    run_dir.plot_loss(results["history"], results["best_step"], run / "loss.png")
+    timings["total_s"] = time.perf_counter() - started
+    metrics = {
+        **results,
+        "parameters": {"trainable": trainable, "total": total},
+        "splits": splits.sizes(),
+        "data_format": splits.format,
+        "tokenization": {name: asdict(report) for name, report in prepared.reports.items()},
+        "world_size": plan.world_size,
+        "backend": backend,
+        "device": str(device),
+        "compute_dtype": str(dtype).removeprefix("torch."),
+        "versions": package_versions(),
+        **fingerprint,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+    (run / "metrics.partial.json").unlink(missing_ok=True)
+    run_dir.write_json(run / run_dir.METRICS, metrics)  # last: its presence marks a finished run
+    return metrics
 
 
 class Stopped(Exception):
@@ -231,7 +250,7 @@ class Stopped(Exception):
         self.resumable = resumable
 
 
-def _results(trainer, plan: Plan, stopper, recipe: Recipe, events: list[dict[str, Any]]) -> dict[str, Any]:
+def _results(trainer, plan: Plan, stopped_early: bool, events: list[dict[str, Any]]) -> dict[str, Any]:
     from finetune.train.callbacks import loss_history
 
     state = trainer.state
@@ -240,7 +259,7 @@ def _results(trainer, plan: Plan, stopper, recipe: Recipe, events: list[dict[str
         "epochs_completed": round(float(state.epoch or 0), 4),
         "best_step": state.best_global_step,
         "best_eval_loss": state.best_metric,
-        "stopped_early": bool(stopper and stopper.early_stopping_patience_counter >= recipe.early_stopping.patience),
+        "stopped_early": stopped_early,
         "planned_steps": plan.total_steps,
         "eval_steps": plan.eval_steps,
         "effective_batch_size": plan.effective_batch,

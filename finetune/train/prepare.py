@@ -50,14 +50,17 @@ def prepare(recipe: Recipe, splits: Splits, world_size: int = 1) -> Prepared:
     ensure_chat_template(tokenizer, recipe.data.chat_template)
     datasets, reports = tokenize_splits(splits, tokenizer, recipe)
     # Packing merges several examples into one sequence: count steps over what the trainer will see.
+    # The rows actually trained (after drops), so `epochs: 1` is exactly one pass.
     train_rows = (
-        batching.packed_sequences(datasets["train"], recipe.data.max_length) if mode == "packed" else len(splits.train)
+        batching.packed_sequences(datasets["train"], recipe.data.max_length)
+        if mode == "packed"
+        else len(datasets["train"])
     )
     plan = make_plan(
         recipe,
         train_rows=train_rows,
-        validation_rows=len(splits.validation),
-        test_rows=len(splits.test),
+        validation_rows=len(datasets["validation"]) if datasets["validation"] is not None else 0,
+        test_rows=len(datasets["test"]) if datasets["test"] is not None else 0,
         world_size=world_size,
     )
     notes += leak_notes(splits) + warnings_for(recipe) + truncation_notes(reports, recipe.data.max_length)
@@ -74,13 +77,19 @@ def tokenize_splits(splits: Splits, tokenizer, recipe: Recipe) -> tuple[dict[str
             out[name] = None
             continue
         # from $FINETUNE_HOME/token-cache when this split was tokenised the same way before
+        data = recipe.data
         columns, report = cached_encode(
-            examples, tokenizer, recipe.data.max_length, recipe.data.completion_only_loss, splits.data_hash
+            examples, tokenizer, data.max_length, data.completion_only_loss, splits.data_hash, data.truncation
         )
+        if not columns["input_ids"] and data.truncation == "prompt":
+            raise UserError(
+                f"data: no {name} example fits in data.max_length={data.max_length} even with its prompt cut "
+                "(the answers alone are longer); raise data.max_length"
+            )
         if not columns["input_ids"]:
             raise UserError(
-                f"data: every {name} example is longer than data.max_length={recipe.data.max_length} before its "
-                "answer starts; raise data.max_length"
+                f"data: every {name} example is longer than data.max_length={data.max_length} before its answer "
+                f"ends (data.truncation: {data.truncation}); raise data.max_length, or set data.truncation: prompt"
             )
         out[name] = hf_datasets.Dataset.from_dict(columns)
         reports[name] = report
@@ -103,10 +112,20 @@ def leak_notes(splits: Splits) -> list[str]:
 def truncation_notes(reports: dict[str, EncodingReport], max_length: int) -> list[str]:
     notes = []
     for name, report in reports.items():
-        if report.truncated:
+        if report.prompts_cut:
             notes.append(
-                f"{report.truncated} of {report.examples} {name} examples exceed data.max_length={max_length} "
-                "and were truncated"
+                f"{report.prompts_cut} of {report.examples} {name} examples exceed data.max_length={max_length}: "
+                f"their prompts were cut by {report.prompt_tokens_cut} tokens in all, every answer kept"
+            )
+        elif report.truncated and report.truncated > report.dropped_too_long:
+            notes.append(
+                f"{report.truncated - report.dropped_too_long} of {report.examples} {name} examples exceed "
+                f"data.max_length={max_length} and were truncated"
+            )
+        if report.dropped_too_long:
+            notes.append(
+                f"{report.dropped_too_long} {name} examples do not fit in data.max_length={max_length} "
+                "(their answer alone, or data.truncation: drop) and were dropped"
             )
         if report.dropped_no_target:
             notes.append(

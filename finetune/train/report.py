@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from finetune.config import Recipe
+from finetune.run.run_dir import SAMPLES
 from finetune.train.plan import Plan
 
 
@@ -22,6 +25,13 @@ def print_plan(console: Console, recipe: Recipe, plan: Plan, run: Path, mode: st
         f"[bold]processes[/] {plan.world_size}{' FSDP' if recipe.train.fsdp and plan.world_size > 1 else ''} (micro-batch {recipe.train.micro_batch_size} x accumulation "
         f"{recipe.train.gradient_accumulation} x {plan.world_size} = {plan.effective_batch} examples per step)",
         f"[bold]batching[/]  {mode}" + (" (steps counted over packed sequences)" if mode == "packed" else ""),
+        f"[bold]samples[/]   "
+        + (
+            f"{recipe.train.sample_prompts} validation prompts x {recipe.train.sample_max_new_tokens} tokens "
+            "at each validation -> samples.jsonl"
+            if recipe.train.sample_prompts
+            else "off"
+        ),
         f"[bold]output[/]    {run}",
     ]
     console.print("\n".join(lines))
@@ -35,12 +45,34 @@ def print_summary(console: Console, metrics: dict, run: Path) -> None:
         "steps", f"{metrics['global_step']} of {metrics['planned_steps']} ({metrics['epochs_completed']:.2f} epochs)"
     )
     table.add_row("stopped early", "yes" if metrics["stopped_early"] else "no")
-    table.add_row("best validation loss", f"{metrics['best_eval_loss']:.4f} at step {metrics['best_step']}")
+    best = f"{metrics['best_eval_loss']:.4f} at step {metrics['best_step']}"
+    base = metrics.get("base_eval_loss")
+    table.add_row("validation loss", f"base {base:.4f} -> best {best}" if base is not None else f"best {best}")
+    if metrics.get("improved") is False:
+        table.add_row(
+            "[bold red]not improved[/]",
+            "[red]the best adapter is no better than the base model on the validation split: lower "
+            "train.learning_rate, check the data, or train longer (exit code 3)[/]",
+        )
     if "test_loss" in metrics:
         table.add_row("test loss / perplexity", f"{metrics['test_loss']:.4f} / {metrics['test_perplexity']:.2f}")
     for event in metrics.get("events", []):
         details = ", ".join(f"{k} {v}" for k, v in event.items() if k not in ("type", "step"))
         table.add_row(f"{event['type']} at step {event['step']}", details)
+    for sample in best_samples(run, metrics.get("best_step"))[:2]:
+        prompt = " ".join(sample["prompt"].split())
+        table.add_row(
+            "sample (best)", f"{prompt[:70]}{'...' if len(prompt) > 70 else ''} -> {sample['generation'][:120]!r}"
+        )
     table.add_row("time", f"{metrics['timings']['total_s']:.1f} s")
     table.add_row("adapter", str(run / "adapter"))
     console.print(table)
+
+
+def best_samples(run: Path, step: int | None) -> list[dict[str, Any]]:
+    """The samples written at `step` (the best one), for the final summary."""
+    path = run / SAMPLES
+    if step is None or not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [row for row in rows if row["step"] == step]

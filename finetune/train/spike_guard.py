@@ -3,11 +3,15 @@
 Every optimizer step is judged before the update is applied:
   spike  = the step's loss or gradient norm is not finite, or loss > factor x median of the last
            `window` accepted losses (the first step, taken before any update, is always accepted
-           and is the first reference: a fine-tune should never sit at `factor` x its starting loss);
+           and is the first reference: a fine-tune should never sit at `factor` x its starting loss),
+           or the gradient norm is 100x the median accepted one;
+  collapse = the loss sits at ln(vocabulary) with a vanished gradient: the model predicts nothing
+           (a learning rate that wrecked the weights); rolls back at once (spike_judge.py);
   skip   = the gradients are dropped (p.grad = None), so the optimizer leaves the weights alone;
-  rollback = after `max_spikes` spikes within `window` steps, the adapter weights and optimizer
-           state return to the last good snapshot (taken at the start and at every checkpoint whose
-           validation loss was finite) and the learning rate is multiplied by `lr_factor`;
+  rollback = after `max_spikes` spikes within `window` steps, or a collapse, the adapter weights and
+           optimizer state return to the last good snapshot (taken at the start and at every checkpoint
+           whose validation loss was finite and not at ln(vocabulary)) and the learning rate is
+           multiplied by `lr_factor`;
   diverged = one more rollback than `max_rollbacks` would be needed: training stops.
 Each decision is recorded as an event (metrics.json `events`).
 """
@@ -26,9 +30,9 @@ from finetune.train.spike_judge import SpikeJudge
 
 
 class SpikeGuard(TrainerCallback):
-    def __init__(self, cfg: SpikeGuardSection, events: list[dict[str, Any]]):
+    def __init__(self, cfg: SpikeGuardSection, events: list[dict[str, Any]], uniform_loss: float | None = None):
         self.cfg = cfg
-        self.judge = SpikeJudge(cfg)
+        self.judge = SpikeJudge(cfg, uniform_loss)
         self.events = events
         self.micro_losses: list = []
         self.snapshot: dict[str, Any] | None = None
@@ -54,20 +58,21 @@ class SpikeGuard(TrainerCallback):
         loss = all_ranks_max(loss if math.isfinite(loss) else math.inf, device)
         grad_norm = all_ranks_max(grad_norm if math.isfinite(grad_norm) else math.inf, device)
         step = state.global_step + 1  # the step being taken
-        spike, median = self.judge.is_spike(loss, grad_norm)
-        if not spike:
+        kind, median = self.judge.verdict(loss, grad_norm)
+        if kind is None:
             return
         for p in trainable:
             p.grad = None  # the optimizer skips parameters without a gradient: no update this step
         self.events.append(
-            {"type": "spike", "step": step, "loss": _num(loss), "grad_norm": _num(grad_norm), "median": _num(median)}
+            {"type": kind, "step": step, "loss": _num(loss), "grad_norm": _num(grad_norm), "median": _num(median)}
         )
-        if self.judge.record_spike(step):
+        # A collapsed model does not recover by skipping steps: back to the last good weights at once.
+        if kind == "collapse" or self.judge.record_spike(step):
             self._roll_back(step, model, optimizer, lr_scheduler, control)
 
     def on_save(self, args, state, control, model=None, optimizer=None, **kwargs):
         evals = [e["eval_loss"] for e in state.log_history if "eval_loss" in e]
-        if evals and math.isfinite(evals[-1]):
+        if evals and math.isfinite(evals[-1]) and not self.judge.at_uniform(evals[-1]):
             self._take_snapshot(model, optimizer)
 
     def _take_snapshot(self, model, optimizer) -> None:

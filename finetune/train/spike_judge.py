@@ -9,24 +9,52 @@ from collections import deque
 
 from finetune.config import SpikeGuardSection
 
+GRAD_EXPLOSION = 100.0  # x the median accepted gradient norm
+UNIFORM_TOLERANCE = 1e-3  # relative distance of the loss to ln(vocabulary) that counts as "at uniform"
+VANISHED_GRAD = 1e-3  # x the median accepted gradient norm (or absolute, before three steps are known)
+
 
 class SpikeJudge:
     """The decision rule alone (pure Python), so it can be tested on synthetic loss sequences."""
 
-    def __init__(self, cfg: SpikeGuardSection):
+    def __init__(self, cfg: SpikeGuardSection, uniform_loss: float | None = None):
         self.cfg = cfg
+        self.uniform_loss = uniform_loss  # ln(vocabulary size): the loss of a model that predicts nothing
         self.accepted: deque[float] = deque(maxlen=cfg.window)
+        self.grad_norms: deque[float] = deque(maxlen=cfg.window)  # of the accepted steps
         self.spike_steps: deque[int] = deque()
 
-    def is_spike(self, loss: float, grad_norm: float) -> tuple[bool, float | None]:
-        """(spike?, the median it was compared with)."""
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            return True, self.median()
+    def verdict(self, loss: float, grad_norm: float) -> tuple[str | None, float | None]:
+        """(None | "spike" | "collapse", the median loss it was compared with).
+
+        spike     non-finite loss or gradient norm, a loss above factor x the median accepted loss, or a
+                  gradient norm GRAD_EXPLOSION times the median accepted one (orders of magnitude: 4x
+                  swings are normal early on, 100x are not).
+        collapse  the loss sits at ln(vocabulary) (the model predicts the uniform distribution) while
+                  the gradient has vanished: a learning rate that wrecked the weights. It is no spike
+                  (the loss may even be lower than at the start), and it does not recover by itself.
+        """
         median = self.median()
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            return "spike", median
         if median is not None and loss > self.cfg.factor * median:
-            return True, median
+            return "spike", median
+        typical_grad = statistics.median(self.grad_norms) if len(self.grad_norms) >= 3 else None
+        if typical_grad and grad_norm > GRAD_EXPLOSION * typical_grad:
+            return "spike", median
+        if self.at_uniform(loss) and grad_norm <= VANISHED_GRAD * (typical_grad or 1.0):
+            return "collapse", median
         self.accepted.append(loss)
-        return False, median
+        self.grad_norms.append(grad_norm)
+        return None, median
+
+    def at_uniform(self, loss: float) -> bool:
+        return self.uniform_loss is not None and abs(loss - self.uniform_loss) <= UNIFORM_TOLERANCE * self.uniform_loss
+
+    def is_spike(self, loss: float, grad_norm: float) -> tuple[bool, float | None]:
+        """(spike or collapse?, the median it was compared with)."""
+        kind, median = self.verdict(loss, grad_norm)
+        return kind is not None, median
 
     def median(self) -> float | None:
         return statistics.median(self.accepted) if self.accepted else None

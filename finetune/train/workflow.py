@@ -1,9 +1,12 @@
 """`finetune train` from a loaded recipe to a finished run directory, in the order a user wants errors.
 
-    code = fine_tune(recipe, request, console)   0, or torchrun's exit code under --nproc; raises Stopped
+    code = fine_tune(recipe, request, console)   exit code (below); raises Stopped on a signal or divergence
 
-Read the data -> (hand over to torchrun) -> prepare (tokenizer, tokens, plan) -> print the plan
--> stop here on --dry-run -> train -> print the summary.
+Check the output folder -> read the data -> (hand over to torchrun) -> prepare (tokenizer, tokens,
+plan) -> print the plan -> stop here on --dry-run -> train -> print the summary.
+
+Exit codes: 0 done; NOT_IMPROVED (3) done, but the best validation loss is not below the base
+model's (the adapter is written and flagged `improved: false`); torchrun's code under --nproc.
 """
 
 from __future__ import annotations
@@ -17,8 +20,13 @@ from finetune.config import Recipe
 from finetune.data.read import load_splits
 from finetune.model import loading
 from finetune.model.devices import is_main_process, under_torchrun, world_size
+from finetune.paths import looks_like_path
+from finetune.run import run_dir
 from finetune.train import launch, loop, report
 from finetune.train.prepare import prepare
+from finetune.train.resume import check_resumable
+
+NOT_IMPROVED = 3
 
 
 @dataclass
@@ -26,6 +34,7 @@ class TrainRequest:
     """What the command line asked for, beyond the recipe."""
 
     run: Path
+    recipe_file: Path | None = None  # None when --resume reads the run's own recipe.yaml
     overwrite: bool = False
     resume: bool = False
     dry_run: bool = False
@@ -37,7 +46,19 @@ class TrainRequest:
 
 
 def fine_tune(recipe: Recipe, request: TrainRequest, console: Console) -> int:
+    run = request.run
+    if request.resume and run_dir.is_finished(run):
+        console.print(f"{run} is finished (metrics.json): nothing to resume")
+        return 0
+    inputs = run_inputs(recipe, request.recipe_file)
+    if not request.resume:  # cheap checks first: a folder that cannot be used fails before any data is read
+        run_dir.check_output(run, request.overwrite, inputs)
     splits = load_splits(recipe.data)
+    point = None
+    if request.resume:  # the checkpoint must be of this recipe and data: known before any tokenizing
+        fingerprint = {"recipe_hash": recipe.fingerprint(), "data_hash": splits.data_hash}
+        point = check_resumable(run, fingerprint, recipe.resolved_dict())
+        run_dir.check_unlocked(run)
     fsdp_note = launch.check_fsdp(recipe.train.fsdp, request.nproc, request.dry_run)
     if request.nproc > 1 and not under_torchrun() and not request.dry_run:
         # Recipe and data are valid, and so is the model path (exit 2 here, not a worker failure):
@@ -65,12 +86,23 @@ def fine_tune(recipe: Recipe, request: TrainRequest, console: Console) -> int:
         console,
         prepared,
         overwrite=request.overwrite,
-        resume=request.resume,
+        resume_point=point,
         progress=request.progress,
         force=request.force,
         backend=backend,
+        inputs=inputs,
     )
     launch.finish()  # not after an error: leaving the group is collective and could hang beside a failed rank
     if is_main_process():
         report.print_summary(console, metrics, request.run)
-    return 0
+    return NOT_IMPROVED if metrics.get("improved") is False else 0
+
+
+def run_inputs(recipe: Recipe, recipe_file: Path | None) -> tuple[Path, ...]:
+    """The local files and folders a run reads: --overwrite must never delete one of them."""
+    data = recipe.data
+    names = [data.path, data.train, data.validation, data.test]
+    if not recipe.model.name.startswith("builtin:"):
+        names.append(recipe.model.name)
+    found = [Path(name) for name in names if name and (Path(name).exists() or looks_like_path(name))]
+    return tuple(found + ([recipe_file] if recipe_file else []))

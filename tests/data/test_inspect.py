@@ -220,3 +220,59 @@ def test_against_with_a_recipe_is_a_user_error(write_recipe, tmp_path):
         app, ["data", "inspect", str(write_recipe()), "--against", str(write_jsonl(tmp_path / "e.jsonl", qa(2)))]
     )
     assert result.exit_code == 2 and "--against" in result.stderr
+
+
+def test_values_that_are_not_text_are_listed_as_problems(tmp_path):
+    rows = qa(3)
+    rows.insert(1, {"prompt": "q", "completion": 42})  # line 2
+    rows.insert(3, {"prompt": {"q": 1}, "completion": "a"})  # line 4
+    report = inspect(write_jsonl(tmp_path / "d.jsonl", rows))
+    assert report["rows"] == 3 and report["malformed_rows"] == 2
+    assert [(p["line"], p["message"]) for p in report["problems"]] == [
+        (2, "completion must be a string (got int); store it as text in the data file"),
+        (4, "prompt must be a string (got dict); store it as text in the data file"),
+    ]
+
+    def chat(content):
+        return {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": content}]}
+
+    parts = [{"type": "text", "text": "Hello "}, {"type": "text", "text": "world"}]
+    image = [{"type": "image_url", "image_url": {"url": "x"}}]
+    report = inspect(write_jsonl(tmp_path / "c.jsonl", [chat(parts), chat(image), chat(None), chat(float("nan"))]))
+    assert report["rows"] == 1 and report["malformed_rows"] == 3
+    messages = {p["line"]: p["message"] for p in report["problems"]}
+    assert (
+        messages[2] == "messages[1].content has a 'image_url' part; finetune trains on text only: remove non-text parts"
+    )
+    assert "(got null)" in messages[3] and "(got NaN)" in messages[4]
+    assert report["token_lengths"]["max"] == len("q" + "Hello world")  # the parts joined, not a list's repr
+
+    labels = [{"text": f"t{i}", "label": "up"} for i in range(3)] + [{"text": "t", "label": {"name": "down"}}]
+    report = inspect(write_jsonl(tmp_path / "l.jsonl", labels))
+    assert report["labels"] == {"up": 3} and report["problems"][0]["line"] == 4
+    assert report["problems"][0]["message"].startswith("label must be a label name or a number (got dict)")
+
+
+def test_csv_duplicate_header_exits_2(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("prompt,completion,prompt\nq,a,q2\n", encoding="utf-8")
+    result = runner.invoke(app, ["data", "inspect", str(path), "--json"])
+    assert result.exit_code == 2, result.output
+    assert result.stdout == "" and len(result.stderr.strip().splitlines()) == 1
+    assert "d.csv:1: the header has the column 'prompt' more than once" in result.stderr
+
+
+def test_a_template_that_drops_the_answer_is_a_problem_of_each_row(tmp_path, tiny_tokenizer):
+    from finetune.config import DataSection
+    from finetune.data.inspect import load, measure
+
+    tokenizer = tiny_tokenizer.__class__.from_pretrained(tiny_tokenizer.name_or_path)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}{% endif %}{% endfor %}"
+    )
+    path = write_jsonl(tmp_path / "d.jsonl", qa(2))
+    data = DataSection(path=str(path))
+    (loaded,) = load([str(path)], data)
+    lengths, _, problems = measure(loaded.items, tokenizer, data, 128)
+    assert lengths == [] and [p.location for p in problems] == ["d.jsonl:1", "d.jsonl:2"]
+    assert problems[0].message.startswith("the chat template does not render the assistant content")

@@ -152,3 +152,144 @@ def test_shipped_finance_sample_is_valid():
     splits = load_splits(section(ROOT / "data" / "finance_qa.jsonl"))
     assert splits.format == "alpaca"
     assert sum(splits.sizes().values()) >= 300
+
+
+# --------------------------------------------------------------------------------------------
+# Values that are not text: refused with the line and the field, never trained as str(value)
+
+
+def chat(answer, question="q") -> dict:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+def test_chat_content_parts_are_joined_like_openai(tmp_path):
+    parts = [{"type": "text", "text": "Hello "}, {"type": "text", "text": "world"}]
+    path = write_jsonl(tmp_path / "d.jsonl", [chat(parts, question=[{"type": "text", "text": "Hi"}])] * 10)
+    example = load_splits(section(path)).train[0]
+    assert example.messages == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello world"}]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ([{"type": "image_url", "image_url": {"url": "https://x/a.png"}}], "has a 'image_url' part"),
+        ([{"type": "text", "text": "See "}, {"type": "image", "image": "a.png"}], "has a 'image' part"),
+        ([{"type": "input_audio", "input_audio": {"data": "..."}}], "has a 'input_audio' part"),
+        ([{"type": "file", "file": {"file_id": "f"}}], "has a 'file' part"),
+    ],
+)
+def test_chat_content_non_text_parts_are_refused(tmp_path, content, message):
+    path = write_jsonl(tmp_path / "data.jsonl", [chat("a")] * 2 + [chat(content)] + [chat("a")] * 5)
+    with pytest.raises(UserError) as err:
+        load_splits(section(path))
+    assert str(err.value) == (
+        f"data.jsonl:3: messages[1].content {message}; finetune trains on text only: remove non-text parts"
+    )
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (chat(42), r"messages\[1\].content must be a string or a list of text parts \(got int\)"),
+        (chat(None), r"messages\[1\].content must be a string or a list of text parts \(got null\)"),
+        (chat({"text": "a"}), r"messages\[1\].content must be a string or a list of text parts \(got dict\)"),
+        (chat(True), r"messages\[1\].content must be a string or a list of text parts \(got bool\)"),
+        (chat(float("nan")), r"messages\[1\].content must be a string or a list of text parts \(got NaN\)"),
+        (chat(3.5, question=7), r"messages\[0\].content must be a string .*\(got int\)"),
+        (chat([{"type": "text", "text": 5}]), r"messages\[1\].content\[0\].text must be a string \(got int\)"),
+        (chat([{"type": "text"}]), r"messages\[1\].content\[0\].text must be a string \(got null\)"),
+        (chat(["plain string"]), r"messages\[1\].content\[0\] must be a content part like"),
+        ({"instruction": "q", "input": "", "output": 5}, r"output must be a string \(got int\)"),
+        ({"instruction": ["q"], "input": "", "output": "a"}, r"instruction must be a string \(got list\)"),
+        ({"instruction": "q", "input": 7, "output": "a"}, r"input must be a string or null \(got int\)"),
+        ({"instruction": "q", "input": {"k": 1}, "output": "a"}, r"input must be a string or null \(got dict\)"),
+        ({"prompt": "q", "completion": 1.5}, r"completion must be a string \(got float\)"),
+        ({"prompt": False, "completion": "a"}, r"prompt must be a string \(got bool\)"),
+        ({"text": 12, "label": "up"}, r"text must be a string \(got int\)"),
+        ({"text": "t", "label": {"name": "up"}}, r"label must be a label name or a number \(got dict\)"),
+        ({"text": "t", "label": ["up"]}, r"label must be a label name or a number \(got list\)"),
+        ({"text": "t", "label": float("nan")}, r"label must be a label name or a number \(got NaN\)"),
+        ({"text": {"body": "x"}}, r"text must be a string \(got dict\)"),
+        ({"text": float("nan")}, r"text must be a string \(got NaN\)"),
+    ],
+)
+def test_non_string_values_are_refused_with_line_and_field(tmp_path, bad, message):
+    good = {key: "ok" for key in bad}
+    if "messages" in bad:
+        good = chat("a")
+    if "label" in bad:
+        good["label"] = "up"
+    path = write_jsonl(tmp_path / "data.jsonl", [good] * 2 + [bad] + [good] * 5)
+    with pytest.raises(UserError, match=r"^data\.jsonl:3: " + message) as err:
+        load_splits(section(path))
+    assert "\n" not in str(err.value)
+
+
+def test_alpaca_input_stays_optional_when_missing_null_or_blank(tmp_path):
+    rows = [
+        {"instruction": "q0", "output": "a"},
+        {"instruction": "q1", "input": None, "output": "a"},
+        {"instruction": "q2", "input": "  ", "output": "a"},
+        {"instruction": "q3", "input": "ctx", "output": "a"},
+    ]
+    path = write_jsonl(tmp_path / "d.jsonl", rows * 3)
+    splits = load_splits(section(path, split={"validation": 0.1, "test": 0.0}))
+    prompts = {e.messages[0]["content"] for e in splits.train + splits.validation}
+    assert prompts == {"q0", "q1", "q2", "q3\n\nctx"}
+
+
+def test_number_and_bool_labels_keep_working(tmp_path):
+    rows = [{"text": f"t{i}", "label": i % 2} for i in range(10)]
+    splits = load_splits(section(write_jsonl(tmp_path / "d.jsonl", rows)))
+    assert splits.labels == ["0", "1"]
+    rows = [{"text": f"t{i}", "label": i % 2 == 0} for i in range(10)]
+    data = section(write_jsonl(tmp_path / "b.jsonl", rows), classification={"labels": {True: "yes", False: "no"}})
+    assert sorted(load_splits(data).labels) == ["no", "yes"]
+
+
+def test_unusable_labels_are_not_made_into_label_names(tmp_path):
+    """The automatic label set skips a dict label (its row is refused) instead of naming a label str(dict)."""
+    from finetune.config import ClassificationSection
+    from finetune.data.read import label_mapping
+
+    rows = [("d:1", {"text": "a", "label": "up"}), ("d:2", {"text": "b", "label": {"x": 1}}), ("d:3", {"label": " "})]
+    assert label_mapping(rows, ClassificationSection()) == {"up": "up"}
+
+
+def test_csv_duplicate_header_is_refused(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text,label,text\nfirst text,up,second text\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"d\.csv:1: the header has the column 'text' more than once") as err:
+        read_rows(str(path))
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="more than once"):
+        load_splits(section(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Empty answers: a split with nothing else would only train (or score) EOS
+
+
+@pytest.mark.parametrize("empty", ["", "  \n", [], [{"type": "text", "text": " "}]])
+def test_a_split_whose_every_answer_is_empty_is_refused(tmp_path, empty):
+    data = DataSection(
+        train=str(write_jsonl(tmp_path / "t.jsonl", [chat(empty, question=f"q{i}") for i in range(4)])),
+        validation=str(write_jsonl(tmp_path / "v.jsonl", [chat("a")] * 2)),
+    )
+    with pytest.raises(UserError) as err:
+        load_splits(data)
+    assert str(err.value).startswith("t.jsonl:1: every assistant answer in the train split (4 examples) is empty")
+    assert "end-of-sequence" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_empty_validation_answers_are_refused_too_and_some_empty_answers_load(tmp_path):
+    train = [chat("a" if i % 2 else "", question=f"q{i}") for i in range(4)]
+    data = DataSection(
+        train=str(write_jsonl(tmp_path / "t.jsonl", train)),
+        validation=str(write_jsonl(tmp_path / "v.jsonl", [chat("")] * 2)),
+    )
+    with pytest.raises(UserError, match=r"v\.jsonl:1: every assistant answer in the validation split"):
+        load_splits(data)
+    write_jsonl(tmp_path / "v.jsonl", [chat(""), chat("a")])
+    splits = load_splits(data)  # some empty answers: trained, and counted when tokenized
+    assert [m["content"] for e in splits.train for m in e.messages if m["role"] == "assistant"] == ["", "a", "", "a"]

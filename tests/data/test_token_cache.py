@@ -35,8 +35,18 @@ def calls(monkeypatch):
     return counter
 
 
-def encode(tokenizer, cache_dir, examples=EXAMPLES, max_length=64, data_hash="d1", completion_only_loss=True):
-    return token_cache.cached_encode(examples, tokenizer, max_length, completion_only_loss, data_hash, cache_dir)
+def encode(
+    tokenizer,
+    cache_dir,
+    examples=EXAMPLES,
+    max_length=64,
+    data_hash="d1",
+    completion_only_loss=True,
+    truncation="prompt",
+):
+    return token_cache.cached_encode(
+        examples, tokenizer, max_length, completion_only_loss, data_hash, truncation, cache_dir=cache_dir
+    )
 
 
 def test_second_call_hits_and_returns_identical_columns(tiny_tokenizer, tmp_path, calls):
@@ -58,6 +68,7 @@ def test_each_input_of_the_key_invalidates(tiny_tokenizer, tmp_path, calls):
     encode(tiny_tokenizer, tmp_path, data_hash="d2")
     encode(tiny_tokenizer, tmp_path, max_length=32)
     encode(tiny_tokenizer, tmp_path, completion_only_loss=False)
+    encode(tiny_tokenizer, tmp_path, truncation="end")
     encode(tiny_tokenizer, tmp_path, examples=EXAMPLES[:-1])  # another split of the same file
 
     templated = copy.deepcopy(tiny_tokenizer)
@@ -67,8 +78,8 @@ def test_each_input_of_the_key_invalidates(tiny_tokenizer, tmp_path, calls):
     grown = copy.deepcopy(tiny_tokenizer)
     grown.add_tokens(["<|new|>"])
     encode(grown, tmp_path)
-    assert calls["n"] == 7
-    assert len(list(tmp_path.glob("*.parquet"))) == 7
+    assert calls["n"] == 8
+    assert len(list(tmp_path.glob("*.parquet"))) == 8
 
 
 def test_corrupt_file_is_ignored_and_rewritten(tiny_tokenizer, tmp_path, calls):
@@ -125,3 +136,35 @@ def test_a_bad_cache_size_is_a_user_error(tiny_tokenizer, tmp_path, monkeypatch)
         monkeypatch.setenv("FINETUNE_TOKEN_CACHE_GB", bad)
         with pytest.raises(UserError, match=f"FINETUNE_TOKEN_CACHE_GB={bad}: not a number"):
             encode(tiny_tokenizer, tmp_path)
+
+
+def test_an_entry_written_before_the_empty_answer_fields_still_loads(tiny_tokenizer, tmp_path):
+    """Old cache entries have no empty_answers in their stored report: it loads with the defaults."""
+    import json
+    from dataclasses import asdict
+
+    import pyarrow.parquet as pq
+
+    columns, report = encode_split(EXAMPLES, tiny_tokenizer, 64, True)
+    path = tmp_path / "old.parquet"
+    token_cache._write(path, columns, report)
+    old = {k: v for k, v in asdict(report).items() if k not in ("empty_answers", "empty_answer_sources")}
+    table = pq.read_table(path)
+    pq.write_table(table.replace_schema_metadata({token_cache.REPORT_KEY: json.dumps(old).encode()}), path)
+    read_columns, read_report = token_cache._read(path)
+    assert read_columns == columns
+    assert read_report.empty_answers == 0 and read_report.empty_answer_sources == []
+
+
+def test_parallel_encoding_counts_empty_answers_like_one_process(tiny_tokenizer):
+    examples = [
+        Example(
+            messages=[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "" if i % 3 else "a"}],
+            source=f"d.jsonl:{i + 1}",
+        )
+        for i in range(12)
+    ]
+    _, serial = encode_split(examples, tiny_tokenizer, 48, True)
+    _, parallel = token_cache.encode_parallel(examples, tiny_tokenizer, 48, True, workers=3)
+    assert parallel.empty_answers == serial.empty_answers == 8
+    assert parallel.empty_answer_sources[0] == serial.empty_answer_sources[0] == "d.jsonl:2"

@@ -1,5 +1,8 @@
+import pytest
+
 from finetune.data.read import Example
 from finetune.data.tokenize import IGNORE, check_special_tokens, encode, encode_split, render_pieces
+from finetune.errors import UserError
 
 
 def qa(question: str, answer: str, system: str | None = None) -> Example:
@@ -63,7 +66,9 @@ def test_plain_text_gets_eos_appended_and_trained(tiny_tokenizer):
 
 def test_truncation_is_counted_and_prompt_only_rows_are_dropped(tiny_tokenizer):
     examples = [qa("short", "answer"), qa("x" * 300, "answer"), qa("q", "y" * 300)]
-    columns, report = encode_split(examples, tiny_tokenizer, max_length=100, completion_only_loss=True)
+    columns, report = encode_split(
+        examples, tiny_tokenizer, max_length=100, completion_only_loss=True, truncation="end"
+    )
     assert report.examples == 3 and report.truncated == 2 and report.dropped_no_target == 1
     assert len(columns["input_ids"]) == 2
     assert all(len(ids) <= 100 for ids in columns["input_ids"])
@@ -87,3 +92,102 @@ def test_pad_equal_to_eos_is_reported(tiny_tokenizer):
     notes = check_special_tokens(tokenizer)
     assert any("pad token = EOS" in note for note in notes)
     assert check_special_tokens(tiny_tokenizer) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Empty answers and templates that leave the answer out
+
+
+def template_tokenizer(tiny_tokenizer, template: str):
+    tokenizer = tiny_tokenizer.__class__.from_pretrained(tiny_tokenizer.name_or_path)
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+def test_empty_answers_are_trained_and_counted(tiny_tokenizer):
+    examples = [qa("Q1", "A1"), qa("Q2", ""), qa("Q3", "  \n"), qa("Q4", "A4")]
+    for i, example in enumerate(examples, start=1):
+        example.source = f"data.jsonl:{i}"
+    columns, report = encode_split(examples, tiny_tokenizer, 512, True)
+    assert len(columns["input_ids"]) == 4 and report.examples == 4
+    assert report.empty_answers == 2 and report.empty_answer_sources == ["data.jsonl:2", "data.jsonl:3"]
+    trained = tiny_tokenizer.decode([t for t in columns["labels"][1] if t != IGNORE])
+    assert trained == "<|end_of_text|>"  # what an empty answer teaches
+
+
+def test_empty_answer_note(tiny_tokenizer):
+    from finetune.train.prepare import truncation_notes
+
+    examples = [qa(f"Q{i}", "") for i in range(3)] + [qa("Q4", "A4")]
+    for i, example in enumerate(examples, start=7):
+        example.source = f"data.jsonl:{i}"
+    _, train = encode_split(examples, tiny_tokenizer, 512, True)
+    _, validation = encode_split(examples[:1], tiny_tokenizer, 512, True)
+    _, test = encode_split(examples[3:], tiny_tokenizer, 512, True)
+    notes = truncation_notes({"train": train, "validation": validation, "test": test}, 512)
+    assert notes == [
+        "3 train examples have an empty assistant answer (e.g. data.jsonl:7); they teach the model to answer with "
+        "nothing",
+        "1 validation example has an empty assistant answer (e.g. data.jsonl:7); it rewards answering with nothing "
+        "in the validation loss",
+    ]
+
+
+def test_prepare_notes_empty_answers(tmp_path, write_recipe):
+    """The whole path: a file with some empty answers trains, with the note; no example is dropped."""
+    from finetune.config import load_recipe
+    from finetune.data.read import load_splits
+    from finetune.train.prepare import prepare
+    from tests.conftest import write_jsonl
+
+    rows = [
+        {"messages": [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": "" if i < 3 else "A"}]}
+        for i in range(12)
+    ]
+    paths = {
+        "train": str(write_jsonl(tmp_path / "data.jsonl", rows)),
+        "validation": str(write_jsonl(tmp_path / "v.jsonl", rows[3:5])),
+    }
+    recipe = load_recipe(write_recipe({"data": {"path": None, **paths}}))
+    prepared = prepare(recipe, load_splits(recipe.data))
+    assert prepared.reports["train"].empty_answers == 3
+    assert "3 train examples have an empty assistant answer (e.g. data.jsonl:1)" in " ".join(prepared.notes)
+    assert len(prepared.datasets["train"]) == 12
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        # assistant messages dropped altogether
+        "{% for m in messages %}{% if m['role'] == 'user' %}User: {{ m['content'] }}\n{% endif %}{% endfor %}",
+        # the assistant header and EOS rendered, the content not
+        "{% for m in messages %}{% if m['role'] == 'user' %}User: {{ m['content'] }}\n"
+        "{% else %}Assistant: {{ eos_token }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}Assistant: {% endif %}",
+    ],
+)
+def test_template_that_does_not_render_the_answer_is_refused(tiny_tokenizer, template):
+    tokenizer = template_tokenizer(tiny_tokenizer, template)
+    example = qa("What is a bond?", "A loan.")
+    example.source = "data.jsonl:4"
+    with pytest.raises(UserError) as err:
+        encode(example, tokenizer, 512, True)
+    assert str(err.value).startswith(
+        "data.jsonl:4: the chat template does not render the assistant content (assistant turn 1)"
+    )
+    assert "data.chat_template" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UserError, match="does not render the assistant content"):
+        encode_split([qa("Q", "A")], tokenizer, 512, True)
+
+
+def test_template_that_trims_the_answer_is_accepted(tiny_tokenizer):
+    """Llama 3 style: content | trim. The answer is compared stripped, so this is not an error."""
+    tokenizer = template_tokenizer(
+        tiny_tokenizer,
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] | trim }}{{ eos_token }}{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}",
+    )
+    encoded = encode(qa(" Q ", "  A loan.\n"), tokenizer, 512, True)
+    assert decode_trained(tokenizer, encoded) == "A loan.<|end_of_text|>"
+    encoded = encode(qa("Q", ""), tokenizer, 512, True)  # an empty answer is rendered as nothing: fine
+    assert decode_trained(tokenizer, encoded) == "<|end_of_text|>"

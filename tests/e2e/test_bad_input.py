@@ -61,7 +61,12 @@ CASES = [
         ),
         "is not in the label set",
     ),
-    ("all rows too long", lambda t: ("rows", rows(instruction="x" * 600)), "longer than data.max_length"),
+    ("every answer too long", lambda t: ("rows", rows(output="x" * 600)), "even with its prompt cut"),
+    (
+        "all rows too long, cut at the end",
+        lambda t: ("recipe", {"data": {"truncation": "end"}}, rows(instruction="x" * 600)),
+        "longer than data.max_length",
+    ),
     (
         "split leaves no validation",
         lambda t: ("recipe", {"data": {"split": {"validation": 0.0}}}, rows()),
@@ -130,6 +135,63 @@ CASES = [
     ),
     ("output is a file", lambda t: ("output_file", None), "output path exists and is a file"),
     ("read-only output", lambda t: ("output", "/proc/finetune-cannot-write-here"), "cannot write to the output"),
+    (
+        "chat image part",
+        lambda t: (
+            "rows",
+            [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}] * 2
+            + [
+                {
+                    "messages": [
+                        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/a.png"}}]},
+                        {"role": "assistant", "content": "a"},
+                    ]
+                }
+            ],
+        ),
+        "d.jsonl:3: messages[0].content has a 'image_url' part; finetune trains on text only: remove non-text parts",
+    ),
+    (
+        "null chat content",
+        lambda t: ("rows", [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None}]}]),
+        "d.jsonl:1: messages[1].content must be a string or a list of text parts (got null)",
+    ),
+    ("output not a string", lambda t: ("rows", rows(output=42)), "d.jsonl:1: output must be a string (got int)"),
+    ("input not a string", lambda t: ("rows", rows(input=[1, 2])), "d.jsonl:1: input must be a string or null"),
+    (
+        "label is an object",
+        lambda t: ("rows", [{"text": "x", "label": {"name": "up"}}] * 5),
+        "d.jsonl:1: label must be a label name or a number (got dict)",
+    ),
+    (
+        "every answer empty",
+        lambda t: (
+            "rows",
+            [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}]}] * 20,
+        ),
+        "every assistant answer in the train split (16 examples) is empty",
+    ),
+    (
+        "template drops the answer",
+        lambda t: (
+            "recipe",
+            {
+                "data": {
+                    "chat_template": "{% for m in messages %}{% if m.role == 'user' %}{{ m.content }}{% endif %}{% endfor %}"
+                }
+            },
+            rows(),
+        ),
+        "the chat template does not render the assistant content",
+    ),
+    (
+        "csv duplicate header",
+        lambda t: (
+            (t / "d.csv").write_text("instruction,output,instruction\nq,a,q2\n"),
+            ("recipe", {"data": {"path": str(t / "d.csv")}}, rows()),
+        )[1],
+        "d.csv:1: the header has the column 'instruction' more than once",
+    ),
 ]
 
 

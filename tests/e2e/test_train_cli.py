@@ -25,12 +25,15 @@ def test_quickstart_writes_a_complete_run_directory(quickstart_run):
         "recipe.yaml",
         "metrics.json",
         "loss.png",
+        "samples.jsonl",
         "adapter/adapter_config.json",
         "adapter/adapter_model.safetensors",
         "adapter/tokenizer.json",
         "adapter/tokenizer_config.json",
     } <= files
-    assert not any(name.startswith(".") for name in files), "no staging leftovers"
+    assert {name for name in files if name.startswith(".")} == {".finetune-run", ".finetune-lock"}, (
+        "no staging leftovers"
+    )
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     metrics = json.loads((run / "metrics.json").read_text())
@@ -60,6 +63,17 @@ def test_quickstart_writes_a_complete_run_directory(quickstart_run):
     assert any("loss" in row for row in metrics["history"])
     assert metrics["test_perplexity"] == pytest.approx(2.718281828 ** metrics["test_loss"], rel=1e-6)
     assert {"torch", "transformers", "peft", "trl", "bitsandbytes"} <= set(metrics["versions"])
+
+    assert metrics["base_eval_loss"] == evals[0] and metrics["improved"] is True  # step 0 is the base model
+
+    # samples: the same fixed validation prompts answered greedily at every validation, base included
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    steps = [row["step"] for row in metrics["history"] if "eval_loss" in row]
+    per_step = {step: [row for row in samples if row["step"] == step] for step in steps}
+    assert all(len(rows) == 2 for rows in per_step.values()) and len(samples) == 2 * len(steps)
+    assert {row["prompt"] for row in per_step[0]} == {row["prompt"] for row in per_step[steps[-1]]}
+    assert all(set(row) == {"step", "prompt", "reference", "generation"} for row in samples)
+    assert all(isinstance(row["generation"], str) and row["reference"] for row in samples)
 
     adapter_config = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["r"] == 8 and adapter_config["peft_type"] == "LORA"
@@ -135,9 +149,10 @@ def test_early_stopping_stops_when_validation_loss_rises(tmp_path, write_recipe)
         }
     )
     result = run_cli("train", recipe, "-o", tmp_path / "run", "-q")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # finished, but no better than the base model
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    evals = [row["eval_loss"] for row in metrics["history"] if "eval_loss" in row]
+    evals = [row["eval_loss"] for row in metrics["history"] if "eval_loss" in row and row["step"] > 0]
+    assert metrics["improved"] is False and metrics["base_eval_loss"] < evals[0]
     assert metrics["stopped_early"] is True
     assert metrics["global_step"] < metrics["planned_steps"] == 24
     assert metrics["best_step"] == 2 and len(evals) == 3 and evals[2] > evals[0]
@@ -290,3 +305,15 @@ def test_dry_run_counts_steps_over_packed_sequences(tmp_path, write_recipe, monk
 
     assert steps(packed) < steps(grouped)  # several examples per sequence: fewer steps for the same epoch
     assert not (tmp_path / "run").exists()
+
+
+def test_samples_can_be_turned_off_and_show_in_the_summary(tmp_path, write_recipe):
+    on = run_cli(
+        "train", write_recipe({"train": {"max_steps": 4, "eval_steps": 2, "sample_prompts": 1}}), "-o", tmp_path / "on"
+    )
+    assert on.exit_code in (0, 3), on.output
+    assert "sample (best)" in on.output and "samples   1 validation prompts" in on.output
+    rows = [json.loads(line) for line in (tmp_path / "on" / "samples.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [0, 2, 4]
+    off = run_cli("train", write_recipe({"train": {"max_steps": 2, "sample_prompts": 0}}), "-o", tmp_path / "off", "-q")
+    assert off.exit_code in (0, 3) and not (tmp_path / "off" / "samples.jsonl").exists()

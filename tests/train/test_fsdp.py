@@ -87,12 +87,12 @@ def test_a_checkpoint_written_under_fsdp_is_not_resumed(quickstart_run, tmp_path
     import shutil
 
     from finetune.errors import UserError
-    from finetune.train.checkpoints import MARKER, check_resumable
+    from finetune.train.resume import MARKER, check_resumable
 
     run = tmp_path / "run"
     shutil.copytree(quickstart_run, run)
     fingerprint = {k: json.loads((run / "metrics.json").read_text())[k] for k in ("recipe_hash", "data_hash")}
-    newest = check_resumable(run, fingerprint)
+    newest = check_resumable(run, fingerprint).checkpoint
     seal = json.loads((newest / MARKER).read_text())
     assert seal["fsdp"] is False
     (newest / MARKER).write_text(json.dumps({**seal, "fsdp": True}))

@@ -25,19 +25,24 @@ def test_prepare_tokenizes_every_split_and_plans_over_what_it_made(write_recipe)
     prepared = prepare(recipe, splits)
     assert prepared.batching == "grouped"  # sdpa on a CPU: no packing
     for name, rows in splits.sizes().items():  # rows whose answer max_length cut off entirely are dropped
-        assert len(prepared.datasets[name]) == rows - prepared.reports[name].dropped_no_target
-    assert prepared.plan.train_rows == len(splits.train)
-    assert prepared.plan.steps_per_epoch == math.ceil(len(splits.train) / recipe.train.micro_batch_size)
+        report = prepared.reports[name]
+        assert len(prepared.datasets[name]) == rows - report.dropped_no_target - report.dropped_too_long
+    trained = len(prepared.datasets["train"])  # the plan counts what is trained, after drops: exact epochs
+    assert prepared.plan.train_rows == trained < len(splits.train)
+    assert prepared.plan.steps_per_epoch == math.ceil(trained / recipe.train.micro_batch_size)
     ends = [ids[-1] for ids in prepared.datasets["train"]["input_ids"] if len(ids) < recipe.data.max_length]
     assert ends and all(end == prepared.tokenizer.eos_token_id for end in ends)  # untruncated rows end with EOS
 
 
 def test_packed_runs_count_steps_over_packed_sequences(write_recipe, monkeypatch):
     monkeypatch.setattr(batching, "flash_attn_installed", lambda: True)  # packing is decided, not run, here
-    recipe = load_recipe(write_recipe({"model": {"attn_implementation": "flash_attention_2"}}))
+    recipe = load_recipe(
+        write_recipe({"model": {"attn_implementation": "flash_attention_2"}, "data": {"max_length": 1024}})
+    )
     splits = load_splits(recipe.data)
     prepared = prepare(recipe, splits)
     assert prepared.batching == "packed"
     packed = batching.packed_sequences(prepared.datasets["train"], recipe.data.max_length)
-    assert prepared.plan.train_rows == packed < len(splits.train)
-    assert (prepared.plan.validation_rows, prepared.plan.test_rows) == (len(splits.validation), len(splits.test))
+    assert prepared.plan.train_rows == packed < len(prepared.datasets["train"])
+    sizes = (len(prepared.datasets["validation"]), len(prepared.datasets["test"]))
+    assert (prepared.plan.validation_rows, prepared.plan.test_rows) == sizes

@@ -18,3 +18,22 @@ def test_judge_counts_spikes_in_a_sliding_window():
     assert judge.record_spike(1) is False
     assert judge.record_spike(7) is False  # step 1 has left the 5-step window
     assert judge.record_spike(9) is True
+
+
+def test_judge_calls_a_loss_pinned_at_uniform_with_a_vanished_gradient_a_collapse():
+    uniform = math.log(261)
+    judge = SpikeJudge(SpikeGuardSection(), uniform_loss=uniform)
+    for loss, grad in [(5.80, 1.3), (5.89, 1.4), (5.33, 10.2)]:  # the quickstart at lr=1000, measured
+        assert judge.verdict(loss, grad)[0] is None
+    assert judge.verdict(uniform + 1e-6, 0.0)[0] == "collapse"
+    assert judge.verdict(uniform, 1.2)[0] is None, "a model that still learns may pass through ln(vocab)"
+    assert judge.verdict(2.0, 1.3)[0] is None and not judge.at_uniform(2.0)
+
+
+def test_judge_calls_an_exploding_gradient_norm_a_spike():
+    judge = SpikeJudge(SpikeGuardSection())
+    for grad in (1.0, 2.0, 1.5):
+        assert judge.verdict(3.0, grad)[0] is None
+    assert judge.verdict(3.0, 20.0)[0] is None, "10x swings are normal"
+    assert judge.verdict(3.0, 200.0)[0] == "spike"  # > 100 x the median accepted norm (1.75)
+    assert judge.grad_norms[-1] == 20.0, "spikes never enter the reference"
