@@ -25,7 +25,7 @@ def print_plan(console: Console, recipe: Recipe, plan: Plan, run: Path, mode: st
         f"[bold]processes[/] {plan.world_size}{' FSDP' if recipe.train.fsdp and plan.world_size > 1 else ''} (micro-batch {recipe.train.micro_batch_size} x accumulation "
         f"{recipe.train.gradient_accumulation} x {plan.world_size} = {plan.effective_batch} examples per step)",
         f"[bold]batching[/]  {mode}" + (" (steps counted over packed sequences)" if mode == "packed" else ""),
-        f"[bold]samples[/]   "
+        "[bold]samples[/]   "
         + (
             f"{recipe.train.sample_prompts} validation prompts x {recipe.train.sample_max_new_tokens} tokens "
             "at each validation -> samples.jsonl"
