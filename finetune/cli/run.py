@@ -232,3 +232,40 @@ def check_sampling(max_new_tokens: int, temperature: float) -> None:
     check_counts({"--max-new-tokens": max_new_tokens})
     if not (math.isfinite(temperature) and 0 <= temperature <= 100):
         raise UserError(f"--temperature must be between 0 (greedy) and 100 (got {temperature})")
+
+
+@app.command()
+@handle_errors
+def push(
+    run: Run,
+    repo: Annotated[str, typer.Option("--repo", help="Hub repository: NAME or OWNER/NAME.")],
+    private: Annotated[
+        bool, typer.Option("--private/--public", help="Repository visibility (private by default).")
+    ] = True,
+    merged: Annotated[
+        Path | None, typer.Option("--merged", help="Upload this `finetune merge` output instead of the adapter.")
+    ] = None,
+    gguf: Annotated[bool, typer.Option("--gguf", help="Upload the GGUF (+ Modelfile) in --merged DIR.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List exactly what would be uploaded; upload nothing.")
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Upload the adapter (or the merged model, or its GGUF) with finetune's model card to the Hugging Face Hub.
+
+    Example: finetune push runs/quickstart --repo me/finance-adapter --dry-run
+    """
+    from finetune.run.inference import open_run
+    from finetune.run.push import push as upload
+
+    result = upload(open_run(run), repo, private=private, merged=merged, gguf=gguf, dry_run=dry_run)
+    if json_output:
+        emit_json(result)
+        return
+    verb = "would upload" if dry_run else "uploaded"
+    console.print(f"{verb} to {result['repo']} ({'private' if private else 'public'}) from {result['folder']}:")
+    for name in result["files"]:
+        out.print(f"  {name}")
+    if not dry_run:
+        console.print(f"[green]done:[/] {result['url']}")

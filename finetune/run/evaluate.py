@@ -19,7 +19,7 @@ from rich.text import Text
 from finetune.data.read import Example, load_examples, load_splits
 from finetune.data.tokenize import IGNORE, encode
 from finetune.errors import UserError
-from finetune.run import run_dir, scoring
+from finetune.run import card, run_dir, scoring
 from finetune.run.inference import TrainedRun, load_model
 
 
@@ -107,6 +107,8 @@ def evaluate_run(
         for row, base_row in zip(rows, base_rows, strict=False):
             row["base_prediction"] = base_row.get("prediction")
     _write(out_dir, results, rows, labels)
+    if out_dir.resolve() == (run.path / "eval").resolve():  # the card reads RUN/eval: keep it current
+        card.write_card(run.path, run.recipe, run.metrics, run.path / run_dir.ADAPTER)
     return results
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from finetune.errors import UserError
 from finetune.model import loading
 from finetune.model.devices import torch_dtype
-from finetune.run import run_dir
+from finetune.run import card, run_dir
 from finetune.run.inference import TrainedRun
 
 DTYPES = ("bf16", "fp16", "fp32")
@@ -44,6 +44,7 @@ def merge(run: TrainedRun, out: Path, dtype: str = "bf16", overwrite: bool = Fal
     with run_dir.staged_directory(out) as staging:
         run_dir.write_json(staging / run_dir.MERGE_MARKER, {"created_by": "finetune merge", "run": str(run.path)})
         merged.save_pretrained(staging)  # safetensors
+        card.write_card(run.path, run.recipe, run.metrics, staging, merged=True)
         tokenizer.save_pretrained(staging)
         generation.save_pretrained(staging)
     return out

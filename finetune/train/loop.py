@@ -19,7 +19,7 @@ from rich.console import Console
 from finetune.config import Recipe
 from finetune.model import loading
 from finetune.model.devices import compute_dtype, device_for_this_process, is_main_process
-from finetune.run import run_dir
+from finetune.run import card, run_dir
 from finetune.run.scoring import lm_loss
 from finetune.train import trainer as trainer_setup
 from finetune.train.launch import all_ranks_sum
@@ -236,6 +236,7 @@ def _fit(recipe, run, console, prepared, device, backend, progress, callbacks, f
         **fingerprint,
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
+    card.write_card(run, recipe, metrics, run / run_dir.ADAPTER)  # replaces peft's template README
     (run / "metrics.partial.json").unlink(missing_ok=True)
     run_dir.write_json(run / run_dir.METRICS, metrics)  # last: its presence marks a finished run
     return metrics

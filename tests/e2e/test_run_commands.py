@@ -197,3 +197,47 @@ def test_pissa_adapter_is_converted_to_plain_lora_on_the_original_base(tmp_path)
 def test_pissa_on_a_4bit_base_is_refused(write_recipe, tmp_path):
     result = invoke("train", write_recipe({"lora": {"init": "olora"}}), "-o", tmp_path / "r")
     assert result.exit_code == 2 and "needs a 16/32-bit base" in result.output
+
+
+def test_the_adapter_and_merged_model_carry_finetunes_card(quickstart_run, tmp_path):
+    metrics = json.loads((quickstart_run / "metrics.json").read_text())
+    text = (quickstart_run / "adapter" / "README.md").read_text()
+    assert text.startswith("---\nlibrary_name: peft\n") and "## Results" in text
+    assert f"test loss {metrics['test_loss']:.4f}" in text and metrics["data_hash"] in text
+    out = tmp_path / "merged"
+    assert invoke("merge", quickstart_run, "-o", out).exit_code == 0
+    assert "library_name: transformers" in (out / "README.md").read_text()
+
+
+def test_push_selects_only_the_chosen_folder_and_fails_offline_in_one_line(quickstart_run, tmp_path, monkeypatch):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(quickstart_run, run)
+    (run / "adapter" / ".adapter-stale").mkdir()  # staging left by a kill: never uploaded
+    dry = invoke("push", run, "--repo", "me/finance-adapter", "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    plan = json.loads(dry.stdout)
+    assert plan["private"] is True and plan["uploaded"] is False and plan["folder"] == str(run / "adapter")
+    assert plan["files"] == sorted(p.name for p in (run / "adapter").iterdir() if p.is_file())
+    assert "README.md" in plan["files"] and not any("checkpoint" in f for f in plan["files"])
+
+    merged = tmp_path / "merged"
+    assert invoke("merge", run, "-o", merged).exit_code == 0
+    (merged / "notes.log").write_text("not a model file")
+    files = json.loads(invoke("push", run, "--repo", "me/m", "--merged", merged, "--dry-run", "--json").stdout)["files"]
+    assert "model.safetensors" in files and "README.md" in files and "notes.log" not in files
+    assert not any(name.startswith(".") for name in files)
+
+    monkeypatch.setenv("HF_TOKEN", "hf_pushTestSecretValue42")
+    cases = [
+        (["--repo", "me/x"], "cannot be reached"),  # HF_HUB_OFFLINE=1 in the tests
+        (["--repo", "not a repo!"], "not a Hub repository id"),
+        (["--repo", "me/x", "--gguf"], "pass --merged DIR too"),
+        (["--repo", "me/x", "--merged", run / "adapter"], "not a folder `finetune merge` wrote"),
+        (["--repo", "me/x", "--merged", merged, "--gguf"], "no .gguf file"),
+    ]
+    for args, message in cases:
+        result = invoke("push", run, *args)
+        assert result.exit_code == 2 and message in result.stderr, (args, result.output)
+        assert "hf_pushTestSecretValue42" not in result.output and "Traceback" not in result.output
