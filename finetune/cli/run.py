@@ -16,6 +16,7 @@ from finetune.errors import UserError
 Run = Annotated[Path, typer.Argument(help="A run directory written by `finetune train`.")]
 MaxNew = Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate at most.")]
 Temperature = Annotated[float, typer.Option("--temperature", help="0 = greedy; higher = more varied.")]
+GGUF_TYPES = ("f16", "q8_0", "q4_k_m", "q5_k_m", "q6_k")  # finetune/run/gguf.py OUTTYPES (imported only for --gguf)
 System = Annotated[str | None, typer.Option("--system", help="System message (default: the recipe's system_prompt).")]
 
 
@@ -190,7 +191,9 @@ def merge(
     gguf: Annotated[
         bool, typer.Option("--gguf", help="Also write a GGUF file (llama.cpp, Ollama) + Modelfile.")
     ] = False,
-    gguf_type: Annotated[str, typer.Option("--gguf-type", help="f16 | q8_0")] = "f16",
+    gguf_type: Annotated[
+        str, typer.Option("--gguf-type", help="f16 | q8_0 | q4_k_m | q5_k_m | q6_k (k-quants: the gguf-quant extra)")
+    ] = "f16",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output directory.")] = False,
     debug: Debug = False,
 ) -> None:
@@ -203,8 +206,8 @@ def merge(
     from finetune.run.merge import merge as run_merge
 
     trained = open_run(run)
-    if gguf and gguf_type not in ("f16", "q8_0"):
-        raise UserError(f"--gguf-type must be f16 or q8_0 (got {gguf_type!r})")
+    if gguf and gguf_type not in GGUF_TYPES:
+        raise UserError(f"--gguf-type must be one of {', '.join(GGUF_TYPES)} (got {gguf_type!r})")
     quiet_libraries(verbose=False)
     merged = run_merge(trained, output, dtype, overwrite)
     console.print(f"merged model written to {merged}")

@@ -21,6 +21,7 @@ import numpy as np
 
 from finetune.data.tokenize import DEFAULT_CHAT_TEMPLATE
 from finetune.errors import UserError
+from finetune.paths import umask_mode
 
 try:
     import gguf  # llama.cpp's own gguf-py; an optional dependency: pip install 'finetune[gguf]'
@@ -28,7 +29,14 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     gguf = None
 
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}  # HF model_type -> GGUF arch
-OUTTYPES = ("f16", "q8_0")
+# k-quants (what Ollama users run) come from llama.cpp's own quantizer, llama_model_quantize, through
+# llama-cpp-python (pip install 'finetune[gguf-quant]'), applied to the f16 GGUF written here.
+K_QUANTS = {
+    "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+    "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K",
+}
+OUTTYPES = ("f16", "q8_0", *K_QUANTS)
 
 # tokenizer.json's pre-tokenizer regex -> llama.cpp's tokenizer.ggml.pre (see llama-vocab.cpp).
 # convert_hf_to_gguf.py recognises a pre-tokenizer by hashing its output on a test text; the regex
@@ -41,7 +49,8 @@ def write_gguf(model_dir: Path, out_file: Path, outtype: str = "f16") -> Path:
     """Convert a merged model directory (safetensors + tokenizer) to `out_file`; returns its path.
 
     outtype "f16" keeps 2-D weights in float16, "q8_0" quantizes them to 8 bits (blocks of 32);
-    1-D tensors (norms, biases) stay float32, as llama.cpp's converter does.
+    1-D tensors (norms, biases) stay float32, as llama.cpp's converter does. A k-quant (q4_k_m, q5_k_m,
+    q6_k) is llama.cpp's quantizer run on the f16 file.
     """
     from transformers import AutoConfig
 
@@ -50,6 +59,8 @@ def write_gguf(model_dir: Path, out_file: Path, outtype: str = "f16") -> Path:
     model_dir, out_file = Path(model_dir), Path(out_file)
     if outtype not in OUTTYPES:
         raise UserError(f"--gguf-type {outtype!r} is not supported; choose one of {', '.join(OUTTYPES)}")
+    if outtype in K_QUANTS:
+        return _k_quant(model_dir, out_file, outtype)
     config = AutoConfig.from_pretrained(model_dir)
     arch = ARCHITECTURES.get(config.model_type)
     if arch is None:
@@ -73,14 +84,39 @@ def write_gguf(model_dir: Path, out_file: Path, outtype: str = "f16") -> Path:
         for _, _, qtype, load in tensors:
             writer.write_tensor_data(gguf.quants.quantize(load(), qtype))
         writer.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
+        os.chmod(tmp_name, umask_mode(directory=False))  # mkstemp makes it private; give it a normal file's mode
         os.replace(tmp_name, out_file)  # atomic: a crash never leaves half a GGUF under the real name
     except BaseException:
         writer.close()
         Path(tmp_name).unlink(missing_ok=True)
         raise
+    return out_file
+
+
+def _k_quant(model_dir: Path, out_file: Path, outtype: str) -> Path:
+    """The f16 GGUF, then llama.cpp's llama_model_quantize into `out_file` (atomically, like the rest)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise UserError(
+            f"--gguf-type {outtype} runs llama.cpp's quantizer: pip install 'finetune[gguf-quant]' "
+            "(llama-cpp-python; it compiles llama.cpp, a few minutes), or use --gguf-type f16 or q8_0"
+        ) from None
+    f16 = out_file.with_name(f".{out_file.name}.f16.tmp")
+    quantized = out_file.with_name(f".{out_file.name}.tmp")
+    try:
+        write_gguf(model_dir, f16, "f16")
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = getattr(llama_cpp, K_QUANTS[outtype])
+        params.nthread = os.cpu_count() or 1
+        code = llama_cpp.llama_model_quantize(str(f16).encode(), str(quantized).encode(), params)
+        if code != 0:
+            raise RuntimeError(f"llama.cpp's quantizer failed with code {code} for {outtype}")
+        os.chmod(quantized, umask_mode(directory=False))
+        os.replace(quantized, out_file)
+    finally:
+        f16.unlink(missing_ok=True)
+        quantized.unlink(missing_ok=True)
     return out_file
 
 
