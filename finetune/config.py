@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from finetune.errors import UserError
+from finetune.paths import looks_like_file
 
 TINY_MODEL = "builtin:tiny-llama"
 
@@ -162,7 +163,7 @@ Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adam
 class TrainSection(Section):
     epochs: float = Field(3, gt=0, le=1000, description="Passes over the training split; above 3 usually overfits.")
     max_steps: int | None = Field(
-        None, gt=0, le=10**8, description="Stop after this many optimizer steps (overrides epochs)."
+        None, gt=0, le=10**8, description="Stop after this many optimizer steps (not epochs)."
     )
     # le=1000: far past any useful value (a rate that wrecks the model is caught by the collapse check)
     learning_rate: float = Field(2e-4, gt=0, le=1000, description="Peak learning rate (2e-4 is the usual QLoRA value).")
@@ -428,7 +429,7 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
         if not candidate.is_absolute():
             candidate = base / candidate
         # A hub id (org/name) that is not a local path stays as written.
-        return str(candidate) if candidate.exists() or _looks_local(value) else value
+        return str(candidate) if candidate.exists() or looks_like_file(value) else value
 
     data = recipe.data
     for field in ("path", "train", "validation", "test"):
@@ -436,17 +437,3 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
     if not recipe.model.name.startswith("builtin:"):
         recipe.model.name = resolve(recipe.model.name) or recipe.model.name
     return recipe
-
-
-def _looks_local(value: str) -> bool:
-    """A path the user clearly meant as a file: has a data-file suffix or starts with ./ ../ / ~."""
-    suffixes = (".jsonl", ".json", ".csv", ".parquet", ".yaml", ".yml")
-    return value.startswith((".", "/", "~")) or value.endswith(suffixes)
-
-
-def shipped_recipes_dir() -> Path:
-    """recipes/ beside the package (editable installs) or inside it (wheels)."""
-    for candidate in (Path(__file__).parent / "recipes", Path(__file__).parent.parent / "recipes"):
-        if candidate.is_dir():
-            return candidate
-    return Path(__file__).parent.parent / "recipes"

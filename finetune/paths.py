@@ -63,3 +63,17 @@ def go_offline_if_unreachable() -> bool:
         except ImportError:
             pass
     return reachable
+
+
+def looks_like_file(value: str) -> bool:
+    """A data path the user clearly meant as a file: a data-file suffix, or starts with ./ ../ / ~."""
+    suffixes = (".jsonl", ".json", ".csv", ".parquet", ".yaml", ".yml")
+    return value.startswith((".", "/", "~")) or value.endswith(suffixes)
+
+
+def shipped_recipes_dir() -> Path:
+    """recipes/ beside the package (editable installs) or inside it (wheels)."""
+    for candidate in (Path(__file__).parent / "recipes", Path(__file__).parent.parent / "recipes"):
+        if candidate.is_dir():
+            return candidate
+    return Path(__file__).parent.parent / "recipes"

@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from finetune.config import Recipe, load_recipe, shipped_recipes_dir, validate_recipe
+from finetune.config import Recipe, load_recipe, validate_recipe
 from finetune.errors import UserError
+from finetune.paths import shipped_recipes_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 

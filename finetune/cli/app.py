@@ -32,7 +32,9 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)  # progress and tables on stderr; stdout stays clean for --json
+console = Console(
+    stderr=True, soft_wrap=True
+)  # on stderr, so stdout stays clean for --json; never wrapped at 80 columns in logs
 out = Console()
 
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]

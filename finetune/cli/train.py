@@ -125,7 +125,7 @@ def recipes(debug: Debug = False) -> None:
     """List the recipes shipped with finetune, one line each."""
     import yaml
 
-    from finetune.config import shipped_recipes_dir
+    from finetune.paths import shipped_recipes_dir
 
     paths = sorted(shipped_recipes_dir().glob("*.yaml"))
     width = max((len(p.name) for p in paths), default=0)

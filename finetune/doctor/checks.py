@@ -16,9 +16,11 @@ from dataclasses import asdict, dataclass
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 GiB = 1024**3
 # Budgets guard against hangs; they are not the speed target. About 4 s on the CPU dev machine; 16 s on an
-# H200 container with a slow filesystem, nearly all imports (bitsandbytes 7.9 s; its 4-bit proof 0.4 s).
-# Skipping the proof to stay under 10 s would defeat the doctor.
-DEADLINE_S = 30.0
+# H200 container with a slow filesystem, nearly all imports (bitsandbytes 7.9 s; its 4-bit proof 0.4 s);
+# 13-18 s in the CPU image on a 2-core machine busy with other work (2026-12-03). Skipping the proof to
+# stay under 10 s would defeat the doctor, and so would a budget that a busy machine runs past: the
+# whole run stops starting probes after 3 minutes, each probe's own budget is about 10x its slowest time.
+DEADLINE_S = 180.0
 
 
 @dataclass

@@ -132,15 +132,17 @@ FLASH_FIX = "optional, Ampere or newer: pip install flash-attn --no-build-isolat
 def default_probes() -> list[Probe]:
     """Every probe, in the order shown."""
     return [
-        Probe("python", probe_python, 1),
-        Probe("torch", probe_torch, 15),  # a cold import from a container's disk: 5+ s
-        Probe("cuda", probe_cuda, 10),  # CUDA start-up: 1-3 s, more per extra GPU
-        Probe("driver", probe_driver, 5),  # nvidia-smi has a 3 s timeout of its own
-        Probe("bitsandbytes", probe_bitsandbytes, 15),  # loads its CUDA library, cuBLAS, runs 3 kernels
-        Probe("libraries", probe_libraries, 10),
-        Probe("unsloth", probe_optional("unsloth", "unsloth", UNSLOTH_FIX), 2),
-        Probe("flash-attn", probe_optional("flash-attn", "flash_attn", FLASH_FIX), 2),
-        Probe("hub cache", probe_hub_cache, 3),
-        Probe("hub", probe_hub, 4),  # the TCP probe gives up after 2 s (+ DNS)
-        Probe("hf token", probe_token, 2),
+        # Budgets are hang guards, about 10x the slowest time seen: a busy machine (a build, a training run,
+        # other containers) makes imports several times slower, and a skipped probe is a wrong answer.
+        Probe("python", probe_python, 10),
+        Probe("torch", probe_torch, 60),  # a cold import from a container's disk: 3.7 s (H200), 4.3 s (busy CPU)
+        Probe("cuda", probe_cuda, 60),  # CUDA start-up: 1-3 s, more per extra GPU
+        Probe("driver", probe_driver, 15),  # nvidia-smi has a 3 s timeout of its own
+        Probe("bitsandbytes", probe_bitsandbytes, 90),  # its CUDA library, cuBLAS, 3 kernels: 7.9 s (H200)
+        Probe("libraries", probe_libraries, 60),  # five imports: 4.3 s (H200), 7.2 s (busy 2-core CPU)
+        Probe("unsloth", probe_optional("unsloth", "unsloth", UNSLOTH_FIX), 15),
+        Probe("flash-attn", probe_optional("flash-attn", "flash_attn", FLASH_FIX), 15),
+        Probe("hub cache", probe_hub_cache, 15),
+        Probe("hub", probe_hub, 15),  # the TCP probe gives up after 2 s (+ DNS)
+        Probe("hf token", probe_token, 15),
     ]

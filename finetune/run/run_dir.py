@@ -33,7 +33,8 @@ ADAPTER = "adapter"
 MARKER = ".finetune-run"
 MERGE_MARKER = ".finetune-merge"
 LOCK = ".finetune-lock"
-SAMPLES = "samples.jsonl"  # generations for a few validation prompts at each validation (train/samples.py)
+SAMPLES = "samples.jsonl"
+TRAIN_LOG = "train.log"  # one line per logged step and validation: `tail -f RUN/train.log`  # generations for a few validation prompts at each validation (train/samples.py)
 # What finetune writes into a run directory (eval/ is `finetune eval`'s default output); dot-prefixed
 # names are its temporary files and staging folders (write_atomic, staged_directory).
 RUN_ENTRIES = {

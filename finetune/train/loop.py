@@ -88,7 +88,7 @@ def train(
 def _fit(recipe, run, console, prepared, device, backend, progress, callbacks, fingerprint, point, started):
     from transformers import EarlyStoppingCallback, PrinterCallback, TrainerState, set_seed
 
-    from finetune.train.callbacks import RichProgress
+    from finetune.train.callbacks import RichProgress, TrainLog
     from finetune.train.checkpoints import MarkComplete, StopOnSignal
     from finetune.train.samples import SampleWriter, sample_prompts
     from finetune.train.spike_guard import SpikeGuard
@@ -135,7 +135,11 @@ def _fit(recipe, run, console, prepared, device, backend, progress, callbacks, f
     trainer.add_callback(sealer)
     signals = StopOnSignal()
     trainer.add_callback(signals)
-    trainer.add_callback(RichProgress(console, enabled=progress))
+    count = lambda: int(trainer.trained_tokens)  # noqa: E731 - read at each log (a device sync)
+    live = progress and console.is_terminal  # a bar on a terminal; plain lines in files and pipes
+    trainer.add_callback(RichProgress(console, enabled=live, tokens=count))
+    if is_main:
+        trainer.add_callback(TrainLog(run / run_dir.TRAIN_LOG, echo=progress and not live, tokens=count))
     t = recipe.train
     if t.sample_prompts and not trainer.is_fsdp_enabled:  # FSDP: every rank would have to take part
         prompts = sample_prompts(splits.validation, t.sample_prompts)

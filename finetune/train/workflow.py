@@ -2,8 +2,9 @@
 
     code = fine_tune(recipe, request, console)   exit code (below); raises Stopped on a signal or divergence
 
-Check the output folder -> read the data -> (hand over to torchrun) -> prepare (tokenizer, tokens,
-plan) -> print the plan -> stop here on --dry-run -> train -> print the summary.
+Check the output folder, trackers and model path -> read the data -> check --resume -> (hand over to
+torchrun) -> prepare (tokenizer, tokens, plan) -> print the plan -> stop here on --dry-run -> train ->
+print the summary.
 
 Exit codes: 0 done; NOT_IMPROVED (3) done, but the best validation loss is not below the base
 model's (the adapter is written and flagged `improved: false`); torchrun's code under --nproc.
@@ -17,6 +18,7 @@ from pathlib import Path
 from rich.console import Console
 
 from finetune.config import Recipe
+from finetune.data import batching
 from finetune.data.read import load_splits
 from finetune.model import loading
 from finetune.model.devices import is_main_process, under_torchrun, world_size
@@ -25,6 +27,7 @@ from finetune.run import run_dir
 from finetune.train import launch, loop, report
 from finetune.train.prepare import prepare
 from finetune.train.resume import check_resumable
+from finetune.train.trainer import check_trackers
 
 NOT_IMPROVED = 3
 
@@ -51,24 +54,27 @@ def fine_tune(recipe: Recipe, request: TrainRequest, console: Console) -> int:
         console.print(f"{run} is finished (metrics.json): nothing to resume")
         return 0
     inputs = run_inputs(recipe, request.recipe_file)
-    if not request.resume:  # cheap checks first: a folder that cannot be used fails before any data is read
+    # Cheap checks first, in this order, before any data is read: the output folder, the trackers and the
+    # batching mode, then the model path (a hub id is one config.json); then the data and --resume.
+    if not request.resume:
         run_dir.check_output(run, request.overwrite, inputs)
+    check_trackers(recipe.train.report_to)
+    batching.batching_mode(recipe)  # data.packing: on with an unsuitable attention kernel
+    fsdp_note = launch.check_fsdp(recipe.train.fsdp, request.nproc, request.dry_run)
+    relaunching = request.nproc > 1 and not under_torchrun() and not request.dry_run
+    backend = "hf"
+    if not (request.dry_run or relaunching):
+        backend = loading.choose_backend(recipe.model.backend)  # before transformers: Unsloth must patch it first
+    loading.quiet_libraries(request.verbose)
+    loading.resolve_model_path(recipe.model)
     splits = load_splits(recipe.data)
     point = None
     if request.resume:  # the checkpoint must be of this recipe and data: known before any tokenizing
         fingerprint = {"recipe_hash": recipe.fingerprint(), "data_hash": splits.data_hash}
         point = check_resumable(run, fingerprint, recipe.resolved_dict())
         run_dir.check_unlocked(run)
-    fsdp_note = launch.check_fsdp(recipe.train.fsdp, request.nproc, request.dry_run)
-    if request.nproc > 1 and not under_torchrun() and not request.dry_run:
-        # Recipe and data are valid, and so is the model path (exit 2 here, not a worker failure):
-        # hand the same command to torchrun, one process per device.
-        loading.resolve_model_path(recipe.model)
+    if relaunching:  # everything the user can get wrong is checked: one process per device under torchrun
         return launch.relaunch(request.nproc, request.worker_args)
-    backend = "hf"
-    if not request.dry_run:
-        backend = loading.choose_backend(recipe.model.backend)  # before transformers: Unsloth must patch it first
-    loading.quiet_libraries(request.verbose)
     prepared = prepare(recipe, splits, world_size() if under_torchrun() else request.nproc)
     if not is_main_process():
         console.quiet = True  # one voice: rank 0 prints the plan, the progress and the summary

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.errors import UserError
+from finetune.paths import go_offline_if_unreachable
 from finetune.vram.catalogue import CATALOGUE, lookup
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gemma2", "phi3", "qwen2_moe", "mixtral")
@@ -268,7 +269,11 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _fetch_hub_config(model: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
-    """config.json alone (never weights) from the hub; None on any failure (offline, unknown id, gated repo)."""
+    """config.json alone (never weights) from the hub; None on any failure (offline, unknown id, gated repo).
+
+    A 2 s probe first: offline, huggingface_hub would retry with back-off for ~25 s before failing, while
+    in offline mode a cached config.json still loads at once."""
+    go_offline_if_unreachable()
     try:
         from huggingface_hub import hf_hub_download
 

@@ -72,7 +72,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
         json.loads((run / "metrics.json").read_text()),
         json.loads((reference / "metrics.json").read_text()),
     )
-    assert done["global_step"] == expected["global_step"] == 40
+    assert done["global_step"] == expected["global_step"] == expected["planned_steps"] > 8
     assert done["events"][0]["type"] == "resume" and done["events"][0]["step"] >= 8
     assert eval_losses(run)[:1] == eval_losses(reference)[:1], "identical up to the checkpoint"
     assert eval_losses(run)[-1] == pytest.approx(eval_losses(reference)[-1], rel=1e-4)

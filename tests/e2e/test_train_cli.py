@@ -317,3 +317,47 @@ def test_samples_can_be_turned_off_and_show_in_the_summary(tmp_path, write_recip
     assert [row["step"] for row in rows] == [0, 2, 4]
     off = run_cli("train", write_recipe({"train": {"max_steps": 2, "sample_prompts": 0}}), "-o", tmp_path / "off", "-q")
     assert off.exit_code in (0, 3) and not (tmp_path / "off" / "samples.jsonl").exists()
+
+
+def test_a_run_logged_to_a_file_shows_progress_lines_and_train_log(tmp_path, write_recipe):
+    """stderr to a file (nohup, CI, Slurm): a plain line per logged step and per validation, the same
+    lines in RUN/train.log, and no line wrapped at 80 columns."""
+    import subprocess
+    import sys
+
+    recipe = write_recipe({"train": {"max_steps": 6, "eval_steps": 3, "logging_steps": 2}})
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as stderr:
+        done = subprocess.run(
+            [sys.executable, "-m", "finetune", "train", str(recipe), "-o", str(tmp_path / "run")],
+            stderr=stderr,
+            stdout=subprocess.DEVNULL,
+        )
+    text = log.read_text()
+    assert done.returncode in (0, 3), text
+    steps = [line for line in text.splitlines() if " loss " in line and "tokens/s" in line]
+    assert [line.split()[3] for line in steps] == ["2/6", "4/6", "6/6"], text
+    assert all("epoch" in line and " lr " in line and "eta" in line for line in steps)
+    validations = [line for line in text.splitlines() if "validation loss" in line and "(best" in line]
+    assert len(validations) == 3 and "before training (the base model)" in validations[0]  # base, step 3, step 6
+    assert "early stopping patience" in text, "the plan line is not broken at 80 columns"
+    train_log = (tmp_path / "run" / "train.log").read_text()
+    assert all(line in train_log for line in steps)
+    assert "━" not in text, "no progress bar drawn into a file"
+
+
+def test_the_cheap_errors_come_first(tmp_path, write_recipe):
+    """A folder in the way, then the model, then the data: each reported before the next is looked at."""
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{not json\n")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    recipe = write_recipe({"model": {"name": str(tmp_path / "no-model")}, "data": {"path": str(broken)}})
+    for output, message in [(busy, "output directory is not empty"), (tmp_path / "new", "model directory not found")]:
+        for extra in ([], ["--dry-run"]):
+            result = run_cli("train", recipe, "-o", output, *extra)
+            assert result.exit_code == 2 and message in result.output, (output, extra, result.output)
+    fixed = write_recipe({"data": {"path": str(broken)}})
+    result = run_cli("train", fixed, "-o", tmp_path / "new", "--dry-run")
+    assert result.exit_code == 2 and "invalid JSON" in result.output

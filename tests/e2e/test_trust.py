@@ -179,7 +179,8 @@ def test_the_printed_resume_command_works_verbatim_with_overrides(tmp_path):
     assert printed == f"finetune train --resume -o {run}"
     resumed = subprocess.run([sys.executable, "-m", *shlex.split(printed)], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads((run / "metrics.json").read_text())["global_step"] == 40
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == metrics["planned_steps"] > 8 and metrics["epochs_completed"] == 1.0
 
 
 def test_one_run_directory_one_training_process(tmp_path, write_recipe):

@@ -119,3 +119,24 @@ def test_the_estimate_is_an_upper_bound_that_never_refuses_with_unsloth_or_fsdp(
     monkeypatch.setenv("WORLD_SIZE", "1")  # one process: a real limit again
     with pytest.raises(UserError, match="needs about"):
         preflight(recipe, path, console, force=False, backend="hf")
+
+
+def test_an_unknown_model_with_the_hub_unreachable_is_one_line_at_once(tmp_path):
+    """No HF_HUB_OFFLINE, but nothing listens where the hub should be: one line, no retry chatter."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # the discard port: connection refused
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "finetune", "vram-estimate", "--model", "acme/Qwen-14B-unknown"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and time.perf_counter() - start < 20
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown model id 'acme/Qwen-14B-unknown'"), done.stderr
