@@ -65,13 +65,13 @@ def cached_encode(
     max_bytes = max_cache_bytes()  # a bad setting fails before the work, not after it
     key = cache_key(examples, tokenizer, max_length, completion_only_loss, data_hash, truncation)
     path = directory / f"{key}.parquet"
-    hit = _read(path)
+    hit = read_entry(path)
     if hit is not None:
         _touch(path)  # recently used: pruned last
         return hit
     columns, report = encode_parallel(examples, tokenizer, max_length, completion_only_loss, truncation=truncation)
     try:
-        _write(path, columns, report)
+        write_entry(path, columns, report)
         prune(directory, max_bytes, keep=path)
     except OSError:  # a read-only or full disk costs the cache, not the run
         pass
@@ -224,7 +224,7 @@ def _encode_chunk(bounds: tuple[int, int]):
 # Storage
 
 
-def _read(path: Path) -> tuple[dict[str, list[list[int]]], EncodingReport] | None:
+def read_entry(path: Path) -> tuple[dict[str, list[list[int]]], EncodingReport] | None:
     """The cached entry, or None when it is missing or unreadable (then it is rewritten)."""
     if not path.is_file():
         return None
@@ -239,7 +239,7 @@ def _read(path: Path) -> tuple[dict[str, list[list[int]]], EncodingReport] | Non
     return columns, report
 
 
-def _write(path: Path, columns: dict[str, list[list[int]]], report: EncodingReport) -> None:
+def write_entry(path: Path, columns: dict[str, list[list[int]]], report: EncodingReport) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -32,7 +32,7 @@ def probe_cuda() -> list[Check]:
         bf16 = "bf16 yes" if cc >= (8, 0) else "bf16 no: fp16 is used (dtype: auto)"
         detail = f"{props.name}, sm_{cc[0]}{cc[1]}, {free / GiB:.1f} of {total / GiB:.1f} GiB free, {bf16}"
         status, fix = OK, ""
-        if not _has_kernels(cc, arches):
+        if not has_kernels(cc, arches):
             status, fix = (
                 FAIL,
                 f"this torch has no kernels for sm_{cc[0]}{cc[1]} ({' '.join(arches)}): install a build that does",
@@ -46,7 +46,7 @@ def probe_cuda() -> list[Check]:
     return checks
 
 
-def _has_kernels(cc: tuple[int, int], arches: list[str]) -> bool:
+def has_kernels(cc: tuple[int, int], arches: list[str]) -> bool:
     """SASS for sm_XY runs on the same major with minor >= Y; PTX (compute_XY) JIT-compiles for any newer GPU."""
     for arch in arches:
         kind, _, digits = arch.partition("_")

@@ -88,7 +88,7 @@ def test_corrupt_file_is_ignored_and_rewritten(tiny_tokenizer, tmp_path, calls):
     path.write_bytes(b"PAR1 not really parquet")
     again, _ = encode(tiny_tokenizer, tmp_path)
     assert again == columns and calls["n"] == 2
-    assert token_cache._read(path) is not None  # rewritten whole
+    assert token_cache.read_entry(path) is not None  # rewritten whole
     encode(tiny_tokenizer, tmp_path)
     assert calls["n"] == 2
 
@@ -147,11 +147,11 @@ def test_an_entry_written_before_the_empty_answer_fields_still_loads(tiny_tokeni
 
     columns, report = encode_split(EXAMPLES, tiny_tokenizer, 64, True)
     path = tmp_path / "old.parquet"
-    token_cache._write(path, columns, report)
+    token_cache.write_entry(path, columns, report)
     old = {k: v for k, v in asdict(report).items() if k not in ("empty_answers", "empty_answer_sources")}
     table = pq.read_table(path)
     pq.write_table(table.replace_schema_metadata({token_cache.REPORT_KEY: json.dumps(old).encode()}), path)
-    read_columns, read_report = token_cache._read(path)
+    read_columns, read_report = token_cache.read_entry(path)
     assert read_columns == columns
     assert read_report.empty_answers == 0 and read_report.empty_answer_sources == []
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from finetune.cli import app
 from finetune.doctor import probes
 from finetune.doctor.checks import DEADLINE_S, FAIL, OK, WARN, Check, Probe, run_probes
-from finetune.doctor.gpu import _has_kernels, driver_compat
+from finetune.doctor.gpu import driver_compat, has_kernels
 
 ORDER = [
     "python",
@@ -162,7 +162,7 @@ def test_driver_rule(driver, driver_cuda, runtime, status):
 
 def test_kernel_coverage_of_the_torch_build():
     arches = ["sm_75", "sm_80", "sm_86", "sm_90", "compute_90"]
-    assert _has_kernels((8, 9), arches)  # sm_86 SASS runs on sm_89
-    assert _has_kernels((12, 0), arches)  # PTX for compute_90 JIT-compiles on Blackwell
-    assert not _has_kernels((6, 1), arches)  # Pascal: nothing older than sm_75
-    assert not _has_kernels((7, 0), ["sm_75", "sm_80"])
+    assert has_kernels((8, 9), arches)  # sm_86 SASS runs on sm_89
+    assert has_kernels((12, 0), arches)  # PTX for compute_90 JIT-compiles on Blackwell
+    assert not has_kernels((6, 1), arches)  # Pascal: nothing older than sm_75
+    assert not has_kernels((7, 0), ["sm_75", "sm_80"])
