@@ -32,6 +32,7 @@ def inspect_command(
     ] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a length histogram PNG here.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 2 when any row is bad (for CI gates).")] = False,
     debug: Debug = False,
 ) -> None:
     """Rows, format, bad rows, duplicates, token lengths, truncation and train/test leakage of a data set.
@@ -46,8 +47,11 @@ def inspect_command(
     report = inspect_data(source, tokenizer_for_lengths, against=against, model=model, max_length=max_length, plot=plot)
     if json_output:
         typer.echo(json.dumps(report))
-        return
-    print_report(report)
+    else:
+        print_report(report)
+    if strict and report["bad_rows"]:
+        typer.echo(f"error: {report['bad_rows']} bad rows in {source} (--strict); fix the rows listed", err=True)
+        raise typer.Exit(2)
 
 
 def print_report(report: dict[str, Any]) -> None:

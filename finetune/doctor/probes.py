@@ -33,6 +33,13 @@ def probe_torch() -> Check:
             detail + ", but an NVIDIA driver is present",
             "install a CUDA build: pip install torch --index-url https://download.pytorch.org/whl/cu128",
         )
+    if torch.version.cuda and not shutil.which("nvidia-smi") and not torch.cuda.is_available():
+        return Check(
+            "torch",
+            WARN,
+            detail + " on a machine with no NVIDIA GPU: several GB of CUDA libraries that cannot be used",
+            "the CPU build is ~10x smaller: pip install torch --index-url https://download.pytorch.org/whl/cpu",
+        )
     return Check("torch", OK, detail)
 
 

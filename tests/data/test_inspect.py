@@ -276,3 +276,13 @@ def test_a_template_that_drops_the_answer_is_a_problem_of_each_row(tmp_path, tin
     lengths, _, problems = measure(loaded.items, tokenizer, data, 128)
     assert lengths == [] and [p.location for p in problems] == ["d.jsonl:1", "d.jsonl:2"]
     assert problems[0].message.startswith("the chat template does not render the assistant content")
+
+
+def test_strict_fails_a_file_with_bad_rows_and_passes_a_clean_one(tmp_path):
+    clean = write_jsonl(tmp_path / "clean.jsonl", qa(5))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(clean.read_text() + '{"prompt": "unterminated\n', encoding="utf-8")
+    assert runner.invoke(app, ["data", "inspect", str(clean), "--strict"]).exit_code == 0
+    result = runner.invoke(app, ["data", "inspect", str(bad), "--strict", "--json"])
+    assert result.exit_code == 2 and "1 bad rows in" in result.stderr
+    assert json.loads(result.stdout)["bad_rows"] == 1  # the report is still printed, whole

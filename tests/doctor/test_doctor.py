@@ -166,3 +166,15 @@ def test_kernel_coverage_of_the_torch_build():
     assert has_kernels((12, 0), arches)  # PTX for compute_90 JIT-compiles on Blackwell
     assert not has_kernels((6, 1), arches)  # Pascal: nothing older than sm_75
     assert not has_kernels((7, 0), ["sm_75", "sm_80"])
+
+
+def test_a_cuda_build_on_a_machine_without_a_gpu_names_the_cpu_build(monkeypatch):
+    import shutil
+
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    check = probes.probe_torch()
+    assert check.status == WARN and "no NVIDIA GPU" in check.detail and "whl/cpu" in check.fix
