@@ -157,7 +157,7 @@ def chat(
     system: System = None,
     debug: Debug = False,
 ) -> None:
-    """Talk to the fine-tuned model: multi-turn, streamed; /reset clears, /exit leaves.
+    """Talk to the fine-tuned model: multi-turn, streamed; /help, /reset, /exit; Ctrl-C stops a reply.
 
     Example: finetune chat runs/quickstart
     """
@@ -168,6 +168,7 @@ def chat(
     check_sampling(max_new_tokens, temperature)
     trained = open_run(run)
     quiet_libraries(verbose=False)
+    console.print(f"loading {trained.recipe.model.name} with the adapter in {run / 'adapter'} ...")
     model, tokenizer = load_model(trained)
     context = min(trained.recipe.data.max_length, getattr(model.config, "max_position_embeddings", 10**9))
     chat_loop(

@@ -99,6 +99,9 @@ def trim_history(tokenizer, messages: list[dict[str, str]], budget: int) -> list
     return system + turns
 
 
+CHAT_HELP = "/help this list  /reset clear the conversation  /exit leave (or Ctrl-D)  Ctrl-C stop a reply"
+
+
 def chat_loop(
     model,
     tokenizer,
@@ -110,27 +113,44 @@ def chat_loop(
     temperature: float,
     context_length: int,
 ) -> None:
-    """Multi-turn chat: /reset clears the history, /exit (or end of input) leaves."""
+    """Multi-turn chat that behaves like a REPL: Ctrl-C stops the reply being written (not the session),
+    Ctrl-D or /exit leaves, /reset clears, /help lists the commands; an unknown /command is never sent
+    to the model."""
     start = [{"role": "system", "content": system}] if system else []
     messages = list(start)
-    stream.write("chat: /reset clears the conversation, /exit leaves\n")
+    stream.write(f"chat: {CHAT_HELP}\n")
     while True:
         try:
             line = read("you> ").strip()
-        except EOFError:
+        except EOFError:  # Ctrl-D: leave on a fresh line
+            stream.write("\n")
             break
+        except KeyboardInterrupt:  # Ctrl-C at the prompt: a new prompt, as in a shell
+            stream.write("\n")
+            continue
         if line in ("/exit", "/quit"):
             break
         if line == "/reset":
             messages = list(start)
             stream.write("(conversation cleared)\n")
             continue
+        if line == "/help":
+            stream.write(f"{CHAT_HELP}\n")
+            continue
+        if line.startswith("/"):
+            stream.write(f"unknown command {line.split()[0]}; {CHAT_HELP}\n")
+            continue
         if not line:
             continue
         messages.append({"role": "user", "content": line})
         messages = trim_history(tokenizer, messages, context_length - max_new_tokens)
         stream.write("model> ")
-        reply = generate(
-            model, tokenizer, messages, max_new_tokens=max_new_tokens, temperature=temperature, stream=stream
-        )
+        try:
+            reply = generate(
+                model, tokenizer, messages, max_new_tokens=max_new_tokens, temperature=temperature, stream=stream
+            )
+        except KeyboardInterrupt:
+            messages.pop()  # the question goes too: the history holds only complete exchanges
+            stream.write("\n(reply stopped)\n")
+            continue
         messages.append({"role": "assistant", "content": reply})

@@ -56,3 +56,46 @@ def test_sequence_logprobs_counts_only_labelled_positions():
     assert sums[1] == 0.0 and sums[0] == pytest.approx(
         2 * torch.log_softmax(torch.tensor([10.0] + [-20.0] * 9), 0)[0].item()
     )
+
+
+def test_chat_is_a_repl_ctrl_c_stops_a_reply_and_commands_never_reach_the_model(tiny_tokenizer, monkeypatch):
+    import io
+
+    from finetune.run import generation
+
+    sent = []
+
+    def fake_generate(model, tokenizer, messages, **kwargs):
+        sent.append([m["content"] for m in messages])
+        if messages[-1]["content"] == "long question":
+            raise KeyboardInterrupt  # Ctrl-C while the reply streams
+        return "an answer"
+
+    # typed lines; None is Ctrl-C at the prompt; after the last one, Ctrl-D
+    lines = iter(["/help", "/wat", "long question", "short question", None, "again"])
+
+    def read(prompt):
+        line = next(lines, EOFError)
+        if line is EOFError:
+            raise EOFError
+        if line is None:
+            raise KeyboardInterrupt
+        return line
+
+    monkeypatch.setattr(generation, "generate", fake_generate)
+    out = io.StringIO()
+    generation.chat_loop(
+        None,
+        tiny_tokenizer,
+        read=read,
+        stream=out,
+        system=None,
+        max_new_tokens=8,
+        temperature=0.0,
+        context_length=512,
+    )
+    text = out.getvalue()
+    assert "/reset clear the conversation" in text and "unknown command /wat" in text
+    assert "(reply stopped)" in text and text.endswith("\n")
+    # the commands never reached the model; the stopped question left the history with its reply
+    assert sent == [["long question"], ["short question"], ["short question", "an answer", "again"]]
