@@ -152,3 +152,27 @@ def test_numbers_are_finite_and_in_range_at_validate_time():
         raw = {**base, section: {**base.get(section, {}), key: value}}
         with pytest.raises(UserError, match=f"{section}.{key}"):
             validate_recipe(raw)
+
+
+GPU_TIERS_GB = (4, 6, 8, 12, 16, 24, 32, 40, 48, 80)  # common card sizes, decimal GB as sold
+
+
+@pytest.mark.parametrize("path", sorted(shipped_recipes_dir().glob("*.yaml")), ids=lambda p: p.name)
+def test_a_recipes_stated_gpu_size_is_the_smallest_card_the_estimate_fits(path):
+    import re
+
+    from finetune.vram import estimator
+    from finetune.vram.architectures import load_spec
+
+    recipe = load_recipe(path)
+    claim = re.search(r"one (\d+) GB\+ GPU", recipe.description or "")
+    if recipe.model.name.startswith("builtin:"):
+        assert claim is None  # the CPU recipes claim no GPU
+        return
+    assert claim, f"{path.name}: the description states the GPU it needs"
+    need = estimator.estimate(load_spec(recipe.model.name), estimator.setup_from_recipe(recipe)).total_bytes
+    stated = int(claim.group(1))
+    smaller = [gb for gb in GPU_TIERS_GB if gb < stated]
+    assert stated * 1e9 >= need, f"{path.name}: {need / 2**30:.2f} GiB does not fit {stated} GB"
+    assert not smaller or smaller[-1] * 1e9 < need, f"{path.name}: a {smaller[-1]} GB card already fits"
+    assert f"{need / 2**30:.2f} GiB" in path.read_text(), "the header quotes the estimate"
