@@ -17,6 +17,7 @@ seq 512/2048, checkpointing on/off, batch 1/4, fused and full loss): peak alloca
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -313,28 +314,53 @@ def advise(spec: ArchitectureSpec, setup: TrainingSetup, memory_bytes: int) -> l
     best_len = _largest(lambda n: replace(setup, seq_len=n), setup.seq_len, spec, memory_bytes, minimum=2)
     if best_len:
         tips.append(f"max_length {best_len} fits at micro_batch_size {setup.micro_batch_size}")
+    # (applies, the change, what to say, the --set flag that makes it: None where no recipe key does)
     candidates = [
         (
             not setup.gradient_checkpointing,
-            replace(setup, gradient_checkpointing=True),
+            {"gradient_checkpointing": True},
             "turn gradient checkpointing on",
+            "train.gradient_checkpointing=true",
         ),
         (
             setup.optimizer in ("adamw_torch", "paged_adamw_32bit"),
-            replace(setup, optimizer="adamw_8bit"),
+            {"optimizer": "adamw_8bit"},
             "use the 8-bit optimizer adamw_8bit",
+            "train.optimizer=adamw_8bit",
         ),
-        (setup.method == "lora", replace(setup, method="qlora"), "load the base in 4-bit (quant: nf4)"),
-        (setup.loss_impl == "full", replace(setup, loss_impl="fused"), "use the fused loss (TRL SFTTrainer)"),
+        (setup.method == "lora", {"method": "qlora"}, "load the base in 4-bit (quant: nf4)", "quant.method=nf4"),
+        (setup.loss_impl == "full", {"loss_impl": "fused"}, "use the fused loss (TRL SFTTrainer)", None),
     ]
-    for applies, changed, text in candidates:
-        if applies:
-            after = estimate(spec, changed)
-            verdict = "fits" if fits(after, memory_bytes) else "still too big"
-            tips.append(f"{text}: {after.total_bytes / GiB:.1f} GiB ({verdict})")
+    applicable = [c for c in candidates if c[0]]
+    for _, change, text, _ in applicable:
+        after = estimate(spec, replace(setup, **change))
+        verdict = "fits" if fits(after, memory_bytes) else "still too big"
+        tips.append(f"{text}: {after.total_bytes / GiB:.1f} GiB ({verdict})")
+    combined = _smallest_combination(spec, setup, memory_bytes, applicable)
+    if combined:
+        tips.append(combined)
     if not tips:
         tips.append("no setting of this recipe fits; choose a smaller model or a GPU with more memory")
     return tips
+
+
+def _smallest_combination(spec: ArchitectureSpec, setup: TrainingSetup, memory_bytes: int, candidates) -> str:
+    """When no fix fits alone: the fewest fixes that fit together (the smallest estimate among those), with
+    the exact --set flags. Empty when one fix alone fits, or when not even all of them together do."""
+    if any(fits(estimate(spec, replace(setup, **change)), memory_bytes) for _, change, _, _ in candidates):
+        return ""
+    for size in range(2, len(candidates) + 1):
+        fitting = []
+        for chosen in itertools.combinations(candidates, size):
+            after = estimate(spec, replace(setup, **{k: v for _, change, _, _ in chosen for k, v in change.items()}))
+            if fits(after, memory_bytes):
+                fitting.append((after.total_bytes, chosen))
+        if fitting:
+            total, chosen = min(fitting, key=lambda item: item[0])
+            what = " + ".join(text for _, _, text, _ in chosen)
+            flags = " ".join(f"--set {flag}" for _, _, _, flag in chosen if flag)
+            return f"together, {what}: {total / GiB:.1f} GiB (fits)" + (f"; {flags}" if flags else "")
+    return ""
 
 
 def _largest(make, upper: int, spec: ArchitectureSpec, memory_bytes: int, minimum: int = 1) -> int | None:

@@ -287,3 +287,26 @@ CATALOGUE_LLAMA_1B = __import__("finetune.vram.catalogue", fromlist=["CATALOGUE"
 CATALOGUE_MIXTRAL = __import__("finetune.vram.catalogue", fromlist=["CATALOGUE"]).CATALOGUE[
     "mistralai/Mixtral-8x7B-v0.1"
 ]
+
+
+def test_advice_combines_fixes_that_only_fit_together():
+    from finetune.vram.architectures import load_spec
+
+    spec = load_spec("meta-llama/Llama-3.2-1B")
+    setup = TrainingSetup(
+        method="lora",
+        micro_batch_size=8,
+        seq_len=4096,
+        gradient_checkpointing=False,
+        optimizer="adamw_torch",
+        loss_impl="full",
+    )
+    budget = 20 * 2**30  # checkpointing alone: ~62 GiB, the fused loss alone: ~75 GiB, together: ~12 GiB
+    tips = advise(spec, setup, budget)
+    assert sum("still too big" in tip for tip in tips) == 4
+    together = [tip for tip in tips if tip.startswith("together")]
+    assert together == [
+        "together, turn gradient checkpointing on + use the fused loss (TRL SFTTrainer): 12.2 GiB (fits); "
+        "--set train.gradient_checkpointing=true"
+    ]
+    assert not [tip for tip in advise(spec, setup, 70 * 2**30) if tip.startswith("together")], "one fix suffices"
