@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -425,9 +426,8 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
     def resolve(value: str | None) -> str | None:
         if value is None:
             return None
-        candidate = Path(value).expanduser()
-        if not candidate.is_absolute():
-            candidate = base / candidate
+        # absolute and normalised (no ../ left): RUN/recipe.yaml names the very files the run read
+        candidate = Path(os.path.normpath(base / Path(value).expanduser()))
         # A hub id (org/name) that is not a local path stays as written.
         return str(candidate) if candidate.exists() or looks_like_file(value) else value
 

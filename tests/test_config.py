@@ -176,3 +176,12 @@ def test_a_recipes_stated_gpu_size_is_the_smallest_card_the_estimate_fits(path):
     assert stated * 1e9 >= need, f"{path.name}: {need / 2**30:.2f} GiB does not fit {stated} GB"
     assert not smaller or smaller[-1] * 1e9 < need, f"{path.name}: a {smaller[-1]} GB card already fits"
     assert f"{need / 2**30:.2f} GiB" in path.read_text(), "the header quotes the estimate"
+
+
+def test_data_paths_are_stored_absolute_and_normalised(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "rows.jsonl").write_text('{"text": "x"}\n')
+    (tmp_path / "recipes").mkdir()
+    path = tmp_path / "recipes" / "r.yaml"
+    path.write_text("model: {name: builtin:tiny-llama}\ndata: {path: ../data/./rows.jsonl}\n")
+    assert load_recipe(path).data.path == str(tmp_path / "data" / "rows.jsonl")
