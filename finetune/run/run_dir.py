@@ -127,6 +127,15 @@ def remove_staging(run: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def apply_umask(folder: Path) -> None:
+    """Give everything under `folder` the modes the umask gives: the libraries write some files 0600
+    (safetensors, through a renamed temporary file) and mkdtemp makes folders 0700."""
+    for parent, _, names in os.walk(folder):
+        os.chmod(parent, umask_mode(directory=True))
+        for name in names:
+            os.chmod(os.path.join(parent, name), umask_mode(directory=False))
+
+
 def read_marker(run: Path) -> dict[str, Any] | None:
     try:
         return json.loads((run / MARKER).read_text(encoding="utf-8"))
@@ -241,11 +250,7 @@ def staged_directory(target: Path):
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         yield staging
-        # the libraries write some files 0600 (and mkdtemp made the folder 0700): the umask's modes instead
-        for folder, _, names in os.walk(staging):
-            os.chmod(folder, umask_mode(directory=True))
-            for name in names:
-                os.chmod(os.path.join(folder, name), umask_mode(directory=False))
+        apply_umask(staging)
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)

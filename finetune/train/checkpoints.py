@@ -51,6 +51,7 @@ class MarkComplete(TrainerCallback):
                 "stopped_early": self.stopped_early(),
                 "final": state.global_step >= state.max_steps or self.stopped_early(),
             }
+            run_dir.apply_umask(folder)  # safetensors writes the adapter 0600 (a temporary file, renamed)
             run_dir.write_json(folder / MARKER, seal)
 
 

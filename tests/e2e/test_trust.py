@@ -236,3 +236,13 @@ def test_a_full_finetune_home_is_exit_2_naming_it(tmp_path):
     result = subprocess.run(command, env=env, capture_output=True, text=True, preexec_fn=small_files)
     assert result.returncode == 2, result.stderr
     assert f"error: {home}: cannot build the tiny model in finetune's cache" in result.stderr
+
+
+def test_checkpoints_follow_the_umask_too(tmp_path, write_recipe):
+    old = os.umask(0o022)
+    try:
+        run = train_run(tmp_path / "run", write_recipe(SHORT))
+    finally:
+        os.umask(old)
+    files = [p for p in (run / "checkpoints").rglob("*") if p.is_file()]
+    assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in files), files
