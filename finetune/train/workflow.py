@@ -56,7 +56,8 @@ def fine_tune(recipe: Recipe, request: TrainRequest, console: Console) -> int:
     inputs = run_inputs(recipe, request.recipe_file)
     # Cheap checks first, in this order, before any data is read: the output folder, the trackers and the
     # batching mode, then the model path (a hub id is one config.json); then the data and --resume.
-    if not request.resume:
+    main = is_main_process()  # under torchrun rank 0 alone writes RUN: the other ranks must not see it appear
+    if not request.resume and main:
         run_dir.check_output(run, request.overwrite, inputs)
     check_trackers(recipe.train.report_to)
     batching.batching_mode(recipe)  # data.packing: on with an unsuitable attention kernel
@@ -72,7 +73,8 @@ def fine_tune(recipe: Recipe, request: TrainRequest, console: Console) -> int:
     if request.resume:  # the checkpoint must be of this recipe and data: known before any tokenizing
         fingerprint = {"recipe_hash": recipe.fingerprint(), "data_hash": splits.data_hash}
         point = check_resumable(run, fingerprint, recipe.resolved_dict())
-        run_dir.check_unlocked(run)
+        if main:
+            run_dir.check_unlocked(run)
     if relaunching:  # everything the user can get wrong is checked: one process per device under torchrun
         return launch.relaunch(request.nproc, request.worker_args)
     prepared = prepare(recipe, splits, world_size() if under_torchrun() else request.nproc)
