@@ -12,7 +12,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 
 import pytest
 from typer.testing import CliRunner
@@ -20,6 +19,7 @@ from typer.testing import CliRunner
 from finetune.cli import app
 from finetune.run import run_dir
 from tests.conftest import ROOT, train_run, write_jsonl
+from tests.e2e.test_resilience import start, wait_for
 
 QUICK = ROOT / "recipes" / "quickstart.yaml"
 SHORT = {"train": {"max_steps": 4, "eval_steps": 2}}
@@ -154,24 +154,8 @@ def test_resume_before_the_first_checkpoint_starts_over_in_the_same_folder(tmp_p
 
 def test_the_printed_resume_command_works_verbatim_with_overrides(tmp_path):
     run = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "finetune",
-        "train",
-        str(QUICK),
-        "-o",
-        str(run),
-        "-q",
-        "--set=train.epochs=1",
-        "--set=train.learning_rate=1e-3",
-    ]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    marker = run / "checkpoints" / "checkpoint-8" / "finetune-complete.json"
-    deadline = time.time() + 300
-    while not marker.exists():
-        assert process.poll() is None and time.time() < deadline, process.communicate()
-        time.sleep(0.05)
+    process = start(run)  # the quickstart with --set overrides (test_resilience.SETTINGS)
+    wait_for(run / "checkpoints" / "checkpoint-8" / "finetune-complete.json", process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stderr
