@@ -1,9 +1,11 @@
 """The `finetune` command line: parse flags, call one function, map errors to exit codes.
 
-Importing this package registers every command group on `app` (the console script's entry point).
+Importing this package registers every command group on `app` (the console script's entry point), in
+the order `finetune --help` lists them: train first, the machine last.
 """
 
-from finetune.cli import data, doctor, run, train, vram
+# isort: skip_file
+from finetune.cli import train, vram, run, data, doctor
 from finetune.cli.app import app
 
 __all__ = ["app", "data", "doctor", "run", "train", "vram"]
