@@ -128,14 +128,15 @@ def generate(
     """
     from finetune.model.loading import quiet_libraries
     from finetune.run.generation import generate as run_generate
-    from finetune.run.inference import load_model, open_run
+    from finetune.run.inference import load_model, open_run, prompt_builder
 
     check_sampling(max_new_tokens, temperature)
     trained = open_run(run)
     quiet_libraries(verbose=False)
     model, tokenizer = load_model(trained)
     system = system if system is not None else trained.recipe.data.system_prompt
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    user = prompt_builder(trained)(prompt)  # a classification run: its template, as in training
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
     context = min(trained.recipe.data.max_length, getattr(model.config, "max_position_embeddings", 10**9))
     run_generate(
         model,
@@ -163,7 +164,7 @@ def chat(
     """
     from finetune.model.loading import quiet_libraries
     from finetune.run.generation import chat_loop
-    from finetune.run.inference import load_model, open_run
+    from finetune.run.inference import load_model, open_run, prompt_builder
 
     check_sampling(max_new_tokens, temperature)
     trained = open_run(run)
@@ -180,6 +181,7 @@ def chat(
         temperature=temperature,
         system=system if system is not None else trained.recipe.data.system_prompt,
         context_length=max(context, max_new_tokens + 16),
+        phrase=prompt_builder(trained),
     )
 
 

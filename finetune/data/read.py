@@ -229,8 +229,7 @@ def to_example(location: str, row: dict[str, Any], fmt: str, data: DataSection, 
             raise UserError(
                 f"{location}: label '{raw}' is not in the label set ({known}); fix the row or data.classification.labels"
             )
-        names = ", ".join(dict.fromkeys(labels.values()))
-        prompt = spec.template.replace("{labels}", names).replace("{text}", need(spec.text_column))
+        prompt = classification_prompt(spec, list(dict.fromkeys(labels.values())), need(spec.text_column))
         example = _qa(prompt, labels[raw], data, location)
         example.label = labels[raw]
         return example
@@ -439,3 +438,8 @@ def hash_sources(sources: list[str]) -> str:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
     return digest.hexdigest()
+
+
+def classification_prompt(spec: ClassificationSection, labels: list[str], text: str) -> str:
+    """The user turn of a classification example: the template with the label names and the text."""
+    return spec.template.replace("{labels}", ", ".join(labels)).replace("{text}", text)

@@ -112,6 +112,7 @@ def chat_loop(
     max_new_tokens: int,
     temperature: float,
     context_length: int,
+    phrase: Callable[[str], str] = lambda text: text,
 ) -> None:
     """Multi-turn chat that behaves like a REPL: Ctrl-C stops the reply being written (not the session),
     Ctrl-D or /exit leaves, /reset clears, /help lists the commands; an unknown /command is never sent
@@ -142,7 +143,7 @@ def chat_loop(
             continue
         if not line:
             continue
-        messages.append({"role": "user", "content": line})
+        messages.append({"role": "user", "content": phrase(line)})  # a classification run's template
         messages = trim_history(tokenizer, messages, context_length - max_new_tokens)
         stream.write("model> ")
         try:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from finetune.config import Recipe, load_recipe
+from finetune.data.read import classification_prompt, load_splits
 from finetune.data.tokenize import check_special_tokens
 from finetune.errors import UserError
 from finetune.model import loading
@@ -31,6 +33,16 @@ def open_run(path: Path) -> TrainedRun:
             "train it with `finetune train` or point at a finished run"
         )
     return TrainedRun(path, load_recipe(path / "recipe.yaml"), run_dir.read_metrics(path))
+
+
+def prompt_builder(run: TrainedRun) -> Callable[[str], str]:
+    """What the user types -> the user turn as training phrased it: a classification run wraps the text
+    in its template with its label set, as `finetune eval` does; any other run takes the text as is."""
+    if run.metrics.get("data_format") != "classification":
+        return lambda text: text
+    labels = load_splits(run.recipe.data).labels  # the run's own label set, in its order
+    spec = run.recipe.data.classification
+    return lambda text: classification_prompt(spec, labels, text)
 
 
 def load_model(run: TrainedRun):

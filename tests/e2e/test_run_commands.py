@@ -241,3 +241,16 @@ def test_push_selects_only_the_chosen_folder_and_fails_offline_in_one_line(quick
         result = invoke("push", run, *args)
         assert result.exit_code == 2 and message in result.stderr, (args, result.output)
         assert "hf_pushTestSecretValue42" not in result.output and "Traceback" not in result.output
+
+
+def test_generate_and_chat_phrase_a_classification_run_as_training_did(sentiment_run):
+    from finetune.run.inference import open_run, prompt_builder
+
+    trained = open_run(sentiment_run)
+    phrase = prompt_builder(trained)
+    spec = trained.recipe.data.classification
+    assert spec.template.split("{labels}")[0] in phrase("Shares jumped 12% after earnings.")
+    assert phrase("Shares jumped 12% after earnings.").endswith("Shares jumped 12% after earnings.")
+    assert "positive" in phrase("x") and "{labels}" not in phrase("x")
+    result = invoke("generate", sentiment_run, "Shares jumped 12% after earnings.", "--max-new-tokens", "4")
+    assert result.exit_code == 0, result.output
