@@ -20,7 +20,7 @@ from finetune.config import Recipe
 from finetune.model import loading
 from finetune.model.devices import compute_dtype, device_for_this_process, is_main_process
 from finetune.run import card, run_dir
-from finetune.run.scoring import lm_loss
+from finetune.run.scoring import classification_metrics, lm_loss, rank_labels
 from finetune.train import trainer as trainer_setup
 from finetune.train.launch import all_ranks_sum
 from finetune.train.plan import Plan
@@ -220,6 +220,12 @@ def _fit(recipe, run, console, prepared, device, backend, progress, callbacks, f
         batch = recipe.train.eval_batch_size or recipe.train.micro_batch_size
         scored = lm_loss(trainer.model, list(zip(test["input_ids"], test["labels"], strict=True)), batch)
         results["test_loss"], results["test_perplexity"] = scored["loss"], scored["perplexity"]
+        if splits.format == "classification" and splits.labels:  # ranked as `finetune eval` ranks them
+            examples, labels = splits.test, splits.labels
+            ranked = rank_labels(trainer.model, tokenizer, examples, labels, recipe.data.max_length, batch)
+            predicted = [max(labels, key=lambda label, s=s: s[label]) for s in ranked]
+            scores = classification_metrics([e.label for e in examples], predicted, labels)
+            results["test_accuracy"], results["test_macro_f1"] = scores["accuracy"], scores["macro"]["f1"]
         timings["test_s"] = time.perf_counter() - t0
 
     if not is_main:

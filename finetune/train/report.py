@@ -56,6 +56,8 @@ def print_summary(console: Console, metrics: dict, run: Path) -> None:
         )
     if "test_loss" in metrics:
         table.add_row("test loss / perplexity", f"{metrics['test_loss']:.4f} / {metrics['test_perplexity']:.2f}")
+    if "test_accuracy" in metrics:
+        table.add_row("test accuracy / macro-F1", f"{metrics['test_accuracy']:.4f} / {metrics['test_macro_f1']:.4f}")
     for event in metrics.get("events", []):
         details = ", ".join(f"{k} {v}" for k, v in event.items() if k not in ("type", "step"))
         table.add_row(f"{event['type']} at step {event['step']}", details)

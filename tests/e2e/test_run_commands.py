@@ -46,6 +46,11 @@ def test_eval_classification_by_ranking_writes_metrics_and_confusion(sentiment_r
     assert all(set(row["scores"]) == {"positive", "negative", "neutral"} for row in rows)
     assert all(row["prediction"] == max(row["scores"], key=row["scores"].get) for row in rows)
     assert (sentiment_run / "eval" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    # The training run ended with the same ranking of its test split. On the CPU, training scores through
+    # the dequantized fp32 path and `eval` through bitsandbytes' bf16 kernel (docs/design.md): a near-tie
+    # may flip, so the two accuracies agree to within two of the 24 examples.
+    trained = json.loads((sentiment_run / "metrics.json").read_text())
+    assert abs(trained["test_accuracy"] - m["accuracy"]) <= 2 / 24 and 0.0 <= trained["test_macro_f1"] <= 1.0
 
 
 def test_eval_classification_by_generation(sentiment_run, tmp_path):
