@@ -85,11 +85,16 @@ def evaluate_run(
                 encoded = [
                     encode(e, tokenizer, max_length, data.completion_only_loss, data.truncation) for e in examples
                 ]
-                usable = [(x.input_ids, x.labels) for x in encoded if not x.dropped and set(x.labels) != {IGNORE}]
+                fits = [not x.dropped and set(x.labels) != {IGNORE} for x in encoded]
+                usable = [(x.input_ids, x.labels) for x, ok in zip(encoded, fits, strict=True) if ok]
                 result = scoring.lm_loss(model, usable, batch_size, advance)
                 result["dropped_too_long"] = len(examples) - len(usable)
                 result["prompts_cut"] = sum(x.prompt_tokens_cut > 0 for x in encoded)
-                rows = [{"input": _prompt_text(e)} for e in examples]
+                scored = iter(result.pop("per_example"))  # one row per example: its own loss and token count
+                rows = [
+                    {"input": _prompt_text(e), **(next(scored) if ok else {"dropped": "does not fit max_length"})}
+                    for e, ok in zip(examples, fits, strict=True)
+                ]
             else:
                 result, rows = _classify(model, tokenizer, examples, labels, max_length, batch_size, method, advance)
             result["seconds"] = round(time.perf_counter() - start, 3)
@@ -104,8 +109,11 @@ def evaluate_run(
         with model.disable_adapter():
             base, base_rows = score("base")
         results["base"] = base
-        for row, base_row in zip(rows, base_rows, strict=False):
-            row["base_prediction"] = base_row.get("prediction")
+        for row, base_row in zip(rows, base_rows, strict=True):
+            if task == "lm":
+                row["base_loss"] = base_row.get("loss")
+            else:
+                row["base_prediction"] = base_row.get("prediction")
     _write(out_dir, results, rows, labels)
     if out_dir.resolve() == (run.path / "eval").resolve():  # the card reads RUN/eval: keep it current
         card.write_card(run.path, run.recipe, run.metrics, run.path / run_dir.ADAPTER)

@@ -53,16 +53,24 @@ def sequence_logprobs(model, batch: list[tuple[list[int], list[int]]]) -> tuple[
 def lm_loss(
     model, encoded: list[tuple[list[int], list[int]]], batch_size: int, progress: Progress | None = None
 ) -> dict:
-    """Token-weighted mean negative log-likelihood of the answer tokens, and its perplexity."""
-    total_logprob, total_tokens = 0.0, 0
+    """Token-weighted mean negative log-likelihood of the answer tokens, and its perplexity; `per_example`
+    holds each sequence's own mean loss and answer-token count, in order."""
+    total_logprob, total_tokens, per_example = 0.0, 0, []
     for batch in _batches(encoded, batch_size):
         sums, counts = sequence_logprobs(model, batch)
         total_logprob += sum(sums)
         total_tokens += sum(counts)
+        per_example += [{"loss": -s / max(c, 1), "tokens": c} for s, c in zip(sums, counts, strict=True)]
         if progress:
             progress(len(batch))
     loss = -total_logprob / max(total_tokens, 1)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": total_tokens, "examples": len(encoded)}
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "tokens": total_tokens,
+        "examples": len(encoded),
+        "per_example": per_example,
+    }
 
 
 def rank_labels(

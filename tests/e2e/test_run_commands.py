@@ -30,6 +30,15 @@ def test_eval_lm_reproduces_the_training_test_score_and_beats_the_base(quickstar
     assert json.loads((out / "metrics.json").read_text()) == data
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 40 and all(row["input"] for row in rows)
+    # each scored row has its own tuned and base loss and its answer-token count; they add up to the mean
+    scored = [row for row in rows if "loss" in row]
+    assert len(scored) == 40 - data["finetuned"]["dropped_too_long"] and all(
+        "dropped" in r for r in rows if "loss" not in r
+    )
+    assert sum(r["tokens"] for r in scored) == data["finetuned"]["tokens"]
+    mean = sum(r["loss"] * r["tokens"] for r in scored) / data["finetuned"]["tokens"]
+    assert mean == pytest.approx(data["finetuned"]["loss"], rel=1e-6)
+    assert all(r["base_loss"] is not None for r in scored) and "base_prediction" not in rows[0]
 
 
 def test_eval_classification_by_ranking_writes_metrics_and_confusion(sentiment_run):
