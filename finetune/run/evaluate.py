@@ -102,6 +102,13 @@ def evaluate_run(
         return result, rows
 
     finetuned, rows = score("fine-tuned")
+    unmatched = finetuned.get("unmatched", 0)
+    if unmatched > len(examples) / 5:
+        console.print(
+            f"[yellow]warning:[/] {unmatched} of {len(examples)} generated answers name no label (shown as "
+            "(other)): the model has not learned to answer with a label name; see the `generated` column of "
+            "predictions.jsonl, or score with --method rank (the default), which needs no exact wording"
+        )
     results: dict[str, Any] = {"task": task, "source": source, "examples": len(examples), "finetuned": finetuned}
     if task == "classification":
         results["method"] = method
@@ -122,19 +129,24 @@ def evaluate_run(
 
 def _classify(model, tokenizer, examples: list[Example], labels, max_length, batch_size, method, advance):
     gold = [e.label or (e.messages or [{}])[-1].get("content", "") for e in examples]
+    generated: list[str] = []
     if method == "rank":
         scores = scoring.rank_labels(model, tokenizer, examples, labels, max_length, batch_size, advance)
         predicted = [max(labels, key=lambda label, s=s: s[label]) for s in scores]
     elif method == "generate":
         scores = [{} for _ in examples]
-        predicted = scoring.generate_labels(model, tokenizer, examples, labels, batch_size, advance)
+        predicted, generated = scoring.generate_labels(model, tokenizer, examples, labels, batch_size, advance)
     else:
         raise UserError(f"--method must be rank or generate (got {method!r})")
     result = scoring.classification_metrics(gold, predicted, labels)
+    if method == "generate":
+        result["unmatched"] = predicted.count("(other)")  # generated text that names no label
     rows = [
         {"input": _prompt_text(e), "label": g, "prediction": p, **({"scores": s} if s else {})}
-        for e, g, p, s in zip(examples, gold, predicted, scores, strict=False)
+        for e, g, p, s in zip(examples, gold, predicted, scores, strict=True)
     ]
+    for row, text in zip(rows, generated, strict=False):
+        row["generated"] = text
     return result, rows
 
 

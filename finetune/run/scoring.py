@@ -117,14 +117,15 @@ def match_label(generated: str, labels: list[str]) -> str:
 
 def generate_labels(
     model, tokenizer, examples: list[Example], labels: list[str], batch_size: int, progress: Progress | None = None
-) -> list[str]:
-    """Greedy generation of the answer, normalised and matched to the label set ("(other)" if none)."""
+) -> tuple[list[str], list[str]]:
+    """Greedy generation of the answer, normalised and matched to the label set ("(other)" if none):
+    (the matched labels, the generated texts)."""
     import torch
 
     device = next(model.parameters()).device
     longest = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels)
     tokenizer.padding_side = "left"  # generation continues from the right end
-    predictions = []
+    predictions, generated = [], []
     for batch in _batches(examples, batch_size):
         prompts = [
             tokenizer.apply_chat_template(e.messages[:-1], tokenize=False, add_generation_prompt=True) for e in batch
@@ -136,9 +137,10 @@ def generate_labels(
             )
         texts = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         predictions += [match_label(text, labels) for text in texts]
+        generated += texts
         if progress:
             progress(len(batch))
-    return predictions
+    return predictions, generated
 
 
 def classification_metrics(gold: list[str], predicted: list[str], labels: list[str]) -> dict[str, Any]:

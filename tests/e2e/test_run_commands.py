@@ -67,6 +67,11 @@ def test_eval_classification_by_generation(sentiment_run, tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["examples"] == 6 and data["method"] == "generate"
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(isinstance(row["generated"], str) for row in rows)  # the text, kept
+    other = sum(row["prediction"] == "(other)" for row in rows)
+    assert data["finetuned"]["unmatched"] == other
+    assert ("name no label" in result.stderr) == (other > 6 / 5), result.stderr
 
 
 def test_eval_of_another_file_with_explicit_labels(quickstart_run, tmp_path):
