@@ -69,13 +69,13 @@ def train(
     is_main = is_main_process()  # rank 0 alone writes the run directory
     held = None
     if is_main:
+        if point is None:
+            run_dir.prepare(run, overwrite, fingerprint, inputs)
+        held = run_dir.lock(run)  # before touching a run to resume: no other process may be in it
         if point is not None:
             run_dir.remove_staging(run)  # a kill while the adapter was being written leaves its staging folder
             if point.checkpoint is None:  # died before its first checkpoint: start over in the same folder
                 run_dir.reset(run)
-        else:
-            run_dir.prepare(run, overwrite, fingerprint, inputs)
-        held = run_dir.lock(run)
     try:
         if is_main:
             run_dir.write_recipe(run, recipe.resolved_dict())
