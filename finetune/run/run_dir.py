@@ -57,15 +57,11 @@ def is_finished(run: Path) -> bool:
     return (run / METRICS).is_file() and (run / ADAPTER / "adapter_config.json").is_file()
 
 
-def foreign_entries(folder: Path, known: set[str]) -> list[str]:
-    """Names in `folder` that finetune did not write there (its own temporary `.name*` files excepted)."""
-    own = {name.lstrip(".") for name in known}
-    return sorted(
-        child.name
-        for child in folder.iterdir()
-        if child.name not in known
-        and not (child.name.startswith(".") and child.name[1:].split("-")[0].split(".")[0] in own)
-    )
+def foreign_entries(folder: Path) -> list[str]:
+    """Names in `folder` that finetune did not write there. Its own leftovers of a killed write count as
+    its own: write_atomic's `.NAME.xxxx` temporary files and staged_directory's `.NAME-xxxx` folders."""
+    own = tuple(f".{name}{sep}" for name in RUN_ENTRIES for sep in ".-")
+    return sorted(c.name for c in folder.iterdir() if c.name not in RUN_ENTRIES and not c.name.startswith(own))
 
 
 def check_output(run: Path, overwrite: bool, inputs: Iterable[Path] = ()) -> None:
@@ -87,7 +83,7 @@ def check_output(run: Path, overwrite: bool, inputs: Iterable[Path] = ()) -> Non
             f"{run}: --overwrite only replaces run directories finetune made, and this one holds "
             f"{_listing(sorted(p.name for p in run.iterdir()))}; choose another -o"
         )
-    foreign = foreign_entries(run, RUN_ENTRIES)
+    foreign = foreign_entries(run)
     if foreign:
         raise UserError(
             f"{run}: --overwrite would delete files finetune did not write ({_listing(foreign)}); "

@@ -23,6 +23,7 @@ class RichProgress(TrainerCallback):
         self.rate = Throughput(tokens)
         self.lr = math.nan
         self.epoch = 0.0
+        self.tokens_per_s = math.nan  # read at each log, not each step: counting syncs with the GPU
         self.progress: Progress | None = None
         self.task = None
         self.loss = math.nan
@@ -55,6 +56,7 @@ class RichProgress(TrainerCallback):
             self.loss = logs["loss"]
             self.lr = logs.get("learning_rate", self.lr)
             self.epoch = logs.get("epoch", self.epoch)
+            self.tokens_per_s = self.rate.per_second()
         if "eval_loss" in logs:
             self.eval_loss = logs["eval_loss"]
             self.best = min(self.best, self.eval_loss)
@@ -71,7 +73,7 @@ class RichProgress(TrainerCallback):
             return
         status = (
             f"loss {self.loss:.4f}  val {self.eval_loss:.4f}  best {self.best:.4f}  lr {self.lr:.1e}  "
-            f"epoch {self.epoch:.2f}  {self.rate.per_second():,.0f} tok/s"
+            f"epoch {self.epoch:.2f}  {self.tokens_per_s:,.0f} tok/s"
         )
         self.progress.update(self.task, completed=state.global_step, status=status)
 

@@ -135,7 +135,10 @@ def _fit(recipe, run, console, prepared, device, backend, progress, callbacks, f
     trainer.add_callback(sealer)
     signals = StopOnSignal()
     trainer.add_callback(signals)
-    count = lambda: int(trainer.trained_tokens)  # noqa: E731 - read at each log (a device sync)
+
+    def count() -> int:  # read at each log, not each step: it syncs with the GPU
+        return int(trainer.trained_tokens)
+
     live = progress and console.is_terminal  # a bar on a terminal; plain lines in files and pipes
     trainer.add_callback(RichProgress(console, enabled=live, tokens=count))
     if is_main:

@@ -39,12 +39,14 @@ class Prepared:
     seconds: float = 0.0  # wall time of prepare(): tokenizer load and tokenization (cache hits are fast)
 
 
-def prepare(recipe: Recipe, splits: Splits, world_size: int = 1) -> Prepared:
-    """Resolve the model, load and check the tokenizer, tokenize every split (cached) and plan the steps."""
+def prepare(recipe: Recipe, splits: Splits, world_size: int = 1, model_path: str | None = None) -> Prepared:
+    """Resolve the model, load and check the tokenizer, tokenize every split (cached) and plan the steps.
+
+    `model_path`: resolve_model_path's answer when the caller already has it (a hub id costs a request)."""
     started = time.perf_counter()
     mode = batching.batching_mode(recipe)  # data.packing: on with an unsuitable kernel fails here
     check_trackers(recipe.train.report_to)
-    model_path = resolve_model_path(recipe.model)
+    model_path = model_path or resolve_model_path(recipe.model)
     tokenizer = load_tokenizer(model_path, recipe.model)
     notes = check_special_tokens(tokenizer)
     ensure_chat_template(tokenizer, recipe.data.chat_template)

@@ -67,7 +67,7 @@ def fine_tune(recipe: Recipe, request: TrainRequest, console: Console) -> int:
     if not (request.dry_run or relaunching):
         backend = loading.choose_backend(recipe.model.backend)  # before transformers: Unsloth must patch it first
     loading.quiet_libraries(request.verbose)
-    loading.resolve_model_path(recipe.model)
+    model_path = loading.resolve_model_path(recipe.model)
     splits = load_splits(recipe.data)
     point = None
     if request.resume:  # the checkpoint must be of this recipe and data: known before any tokenizing
@@ -77,7 +77,7 @@ def fine_tune(recipe: Recipe, request: TrainRequest, console: Console) -> int:
             run_dir.check_unlocked(run)
     if relaunching:  # everything the user can get wrong is checked: one process per device under torchrun
         return launch.relaunch(request.nproc, request.worker_args)
-    prepared = prepare(recipe, splits, world_size() if under_torchrun() else request.nproc)
+    prepared = prepare(recipe, splits, world_size() if under_torchrun() else request.nproc, model_path)
     if not is_main_process():
         console.quiet = True  # one voice: rank 0 prints the plan, the progress and the summary
     report.print_plan(console, recipe, prepared.plan, request.run, prepared.batching)

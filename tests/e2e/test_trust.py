@@ -230,3 +230,14 @@ def test_checkpoints_follow_the_umask_too(tmp_path, write_recipe):
         os.umask(old)
     files = [p for p in (run / "checkpoints").rglob("*") if p.is_file()]
     assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in files), files
+
+
+def test_overwrite_counts_finetunes_own_leftovers_of_a_killed_write_as_its_own(tmp_path, write_recipe):
+    recipe = write_recipe(SHORT)
+    run = train_run(tmp_path / "run", recipe)
+    (run / ".metrics.json.k1ll3d").write_text("{")  # write_atomic's temporary file, killed mid-write
+    (run / ".adapter-k1ll3d").mkdir()  # staged_directory's folder
+    assert invoke("train", recipe, "-o", run, "--overwrite", "-q").exit_code == 0
+    (run / ".my-notes").write_text("mine")  # a hidden file of the user's is still theirs
+    refused = invoke("train", recipe, "-o", run, "--overwrite", "-q")
+    assert refused.exit_code == 2 and ".my-notes" in refused.stderr

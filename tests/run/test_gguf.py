@@ -389,3 +389,10 @@ def test_k_quants_are_written_by_llama_cpps_quantizer(kind, llama_f16, llama_dir
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name], "the f16 intermediate is gone"
     # (Loading these tiny k-quant files in llama-cpp-python 0.3.36 crashes the process: its rows of 64
     # are shorter than a k-quant block of 256; docs/gguf.md. The f16 logits are checked above.)
+
+
+def test_the_cli_offers_exactly_the_gguf_types_the_writer_knows():
+    from finetune.cli.run import GGUF_TYPES  # kept in the CLI so `--help` does not import numpy
+    from finetune.run.gguf import OUTTYPES
+
+    assert GGUF_TYPES == OUTTYPES
