@@ -5,7 +5,7 @@ the order `finetune --help` lists them: train first, the machine last.
 """
 
 # isort: skip_file
-from finetune.cli import train, vram, run, data, doctor
+from finetune.cli import train, vram, run, runs, data, doctor
 from finetune.cli.app import app
 
-__all__ = ["app", "data", "doctor", "run", "train", "vram"]
+__all__ = ["app", "data", "doctor", "run", "runs", "train", "vram"]
