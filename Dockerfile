@@ -18,7 +18,7 @@
 # (seconds) and the dependencies (GBs) stay cached:
 #   base     Debian + gcc, the users and folders                 changes: never
 #   deps     + a venv with torch and the dependencies            changes: with pyproject.toml or a build-arg
-#   wheel    the package's own wheel (build stage, not shipped)  changes: with finetune/, README.md
+#   wheel    the package's own wheel (build stage, not shipped)  changes: with finetune/, README.md, recipes/, data/
 #   runtime  deps + recipes, data, entrypoint, the wheel         what `docker run` gets
 
 ARG PYTHON_VERSION=3.12
@@ -82,7 +82,7 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}" \
 COPY pyproject.toml /tmp/src/
 RUN mkdir /tmp/src/finetune \
     && touch /tmp/src/README.md /tmp/src/finetune/__init__.py \
-    && pip install --constraint /opt/torch.txt "setuptools>=69" "/tmp/src${EXTRAS:+[$EXTRAS]}" \
+    && pip install --constraint /opt/torch.txt "setuptools>=77" "/tmp/src${EXTRAS:+[$EXTRAS]}" \
     && pip uninstall -y finetune \
     && rm -rf /tmp/src
 
@@ -90,11 +90,14 @@ RUN mkdir /tmp/src/finetune \
 FROM deps AS wheel
 COPY pyproject.toml README.md /src/
 COPY finetune /src/finetune
+# finetune/shipped/recipes and finetune/shipped/data link to ../../recipes and ../../data: with these beside
+# it, the wheel carries the shipped recipes and their data (`finetune train quickstart` from any folder).
+COPY recipes /src/recipes
+COPY data /src/data
 RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels /src
 
 # ---- runtime ----
 FROM deps AS runtime
-ARG PYTHON_VERSION
 
 # The shipped recipes and sample data. Recipes name their data as ../data/..., so /recipes and /data
 # side by side keep them working; a named volume on /data starts with these samples, a bind mount
@@ -104,13 +107,12 @@ COPY --chown=1000:1000 data /data
 COPY docker/entrypoint.py /usr/local/bin/finetune-entrypoint
 
 # The package, last: a code change rebuilds only this layer and the wheel above (seconds, ~1 MB). The
-# wheel carries no recipes/: link them where `finetune recipes` looks. /workspace mirrors the
-# repository (recipes/, data/, runs/), so `finetune train recipes/quickstart.yaml` works as in the
-# README and its default run directory runs/<recipe> lands on the /runs volume.
+# wheel carries its own copy of the shipped recipes and data (`finetune recipes`, `finetune train quickstart`).
+# /workspace mirrors the repository (recipes/, data/, runs/), so `finetune train recipes/quickstart.yaml`
+# works as in the README and its default run directory runs/<recipe> lands on the /runs volume.
 COPY --from=wheel /wheels /tmp/wheels
 RUN pip install --no-deps --no-index /tmp/wheels/finetune-*.whl \
     && rm -rf /tmp/wheels \
-    && ln -s /recipes "/opt/venv/lib/python${PYTHON_VERSION}/site-packages/finetune/recipes" \
     && ln -s /recipes /workspace/recipes \
     && ln -s /data /workspace/data \
     && ln -s /runs /workspace/runs

@@ -1,4 +1,5 @@
-"""Where things live: finetune's cache home, "local path or hub id?", and whether the hub is reachable.
+"""Where things live: finetune's cache home, the shipped recipes, "local path or hub id?", and whether the hub
+is reachable.
 
 The hub is asked once, quickly, before any hub call.
 
@@ -15,6 +16,8 @@ import os
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
+
+from finetune.errors import UserError
 
 
 def cache_home() -> Path:
@@ -72,8 +75,29 @@ def looks_like_file(value: str) -> bool:
 
 
 def shipped_recipes_dir() -> Path:
-    """recipes/ beside the package (editable installs) or inside it (wheels)."""
-    for candidate in (Path(__file__).parent / "recipes", Path(__file__).parent.parent / "recipes"):
-        if candidate.is_dir():
-            return candidate
-    return Path(__file__).parent.parent / "recipes"
+    """The recipes shipped in the package, beside the sample data they read (../data/...).
+
+    In the repository finetune/shipped/recipes and finetune/shipped/data are symlinks to recipes/ and data/
+    (an editable install reads those); a wheel carries copies (pyproject.toml's package-data).
+    """
+    return Path(__file__).parent / "shipped" / "recipes"
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Shipped recipe name (the file name without .yaml) -> its file, sorted by name."""
+    return {path.stem: path for path in sorted(shipped_recipes_dir().glob("*.yaml"))}
+
+
+def find_recipe(value: str | Path) -> Path:
+    """A recipe argument: an existing file wins; else a bare name (`quickstart`, `quickstart.yaml`) is a shipped
+    recipe. A path with a folder in it is returned as given, for the loader to report when it is missing."""
+    path = Path(value)
+    text = str(value)
+    if path.is_file() or "/" in text or os.sep in text or text.startswith("~"):
+        return path
+    shipped = shipped_recipes()
+    name = text.removesuffix(".yaml").removesuffix(".yml")
+    if name in shipped:
+        return shipped[name]
+    names = ", ".join(shipped) or "none"
+    raise UserError(f"{text}: no such recipe file and no shipped recipe of that name; shipped: {names}")

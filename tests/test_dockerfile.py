@@ -86,7 +86,7 @@ def test_torch_comes_from_one_cuda_index_and_is_pinned_for_the_dependencies():
     assert "> /opt/torch.txt" in torch_run
     deps_run = next(run for run in runs if "/tmp/src" in run)
     # the dependencies of the package with its extras, the torch build held fixed
-    assert '--constraint /opt/torch.txt "setuptools>=69" "/tmp/src${EXTRAS:+[$EXTRAS]}"' in deps_run
+    assert '--constraint /opt/torch.txt "setuptools>=77" "/tmp/src${EXTRAS:+[$EXTRAS]}"' in deps_run
     assert "pip uninstall -y finetune" in deps_run
     assert runs.index(torch_run) < runs.index(deps_run)
 
@@ -130,8 +130,15 @@ def test_recipes_and_data_are_in_the_image_where_the_docs_say():
     copies = values(runtime, "COPY")
     assert "--chown=1000:1000 recipes /recipes" in copies and "--chown=1000:1000 data /data" in copies
     link = next(run for run in values(runtime, "RUN") if "ln -s" in run)
-    for target in ("/workspace/recipes", "/workspace/data", "/workspace/runs", "site-packages/finetune/recipes"):
+    for target in ("/workspace/recipes", "/workspace/data", "/workspace/runs"):
         assert target in link
+    # The wheel carries the shipped recipes and data (finetune/shipped/* link to ../../recipes, ../../data):
+    # the wheel stage needs both folders beside the package, and nothing links them into site-packages.
+    wheel = values(stages()["wheel"], "COPY")
+    assert "recipes /src/recipes" in wheel and "data /src/data" in wheel
+    assert "site-packages" not in link
+    for name in ("recipes", "data"):
+        assert (ROOT / "finetune" / "shipped" / name).resolve() == (ROOT / name).resolve()
     assert values(runtime, "WORKDIR")[-1] == "/workspace"
 
 
