@@ -47,6 +47,16 @@ class ModelSection(Section):
     backend: Literal["auto", "hf", "unsloth"] = Field(
         "auto", description="auto = Unsloth when installed and a CUDA GPU is present, else transformers + peft."
     )
+    kernels: Literal["auto", "liger", "none"] = Field(
+        "auto",
+        description="Fused Triton kernels (RMSNorm, RoPE, SwiGLU): auto = Liger when finetune[liger] is installed, "
+        "the backend is hf and the device a CUDA GPU; liger = the same or an error; none.",
+    )
+    adapter: str | None = Field(
+        None,
+        description="A PEFT adapter folder to train further instead of a new one, e.g. runs/my-sft/adapter "
+        "(relative to the working directory, like output.dir).",
+    )
 
 
 class QuantSection(Section):
@@ -120,7 +130,7 @@ class ClassificationSection(Section):
         return value
 
 
-DataFormat = Literal["auto", "chat", "alpaca", "prompt_completion", "text", "classification"]
+DataFormat = Literal["auto", "chat", "alpaca", "prompt_completion", "text", "classification", "preference"]
 
 
 class DataSection(Section):
@@ -195,6 +205,9 @@ class TrainSection(Section):
         3, ge=0, le=100, description="Validation prompts answered (greedy) at each validation, into samples.jsonl."
     )
     sample_max_new_tokens: int = Field(48, ge=1, le=4096, description="Tokens generated per sample answer.")
+    objective: Literal["sft", "dpo", "orpo"] = Field(
+        "sft", description="sft = learn the answers; dpo/orpo = prefer `chosen` over `rejected` (preference data)."
+    )
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list, description="Experiment trackers; tensorboard logs go to RUN/tb."
     )
@@ -205,6 +218,22 @@ class TrainSection(Section):
         if isinstance(value, int) and value <= 0:
             raise ValueError("must be a positive integer or 'auto'")
         return value
+
+
+DpoLoss = Literal["sigmoid", "ipo", "hinge", "robust", "sppo_hard", "nca_pair", "apo_zero", "apo_down"]
+
+
+class PreferenceSection(Section):
+    beta: float = Field(
+        0.1,
+        gt=0,
+        le=100,
+        description="DPO: how far the policy may move from the reference; ORPO: the odds-ratio weight.",
+    )
+    loss_type: DpoLoss = Field("sigmoid", description="DPO's loss (TRL's loss_type): sigmoid is the paper's.")
+    precompute_ref_log_probs: bool = Field(
+        False, description="DPO: score the reference once before training (no reference forward per step)."
+    )
 
 
 class EarlyStoppingSection(Section):
@@ -241,6 +270,7 @@ class Recipe(Section):
     train: TrainSection = Field(default_factory=TrainSection)
     early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection)
     spike_guard: SpikeGuardSection = Field(default_factory=SpikeGuardSection)
+    preference: PreferenceSection = Field(default_factory=PreferenceSection)
     output: OutputSection = Field(default_factory=OutputSection)
     description: str | None = Field(None, description="One line shown by `finetune recipes`.")
 
@@ -253,6 +283,29 @@ class Recipe(Section):
             )
         if self.train.fsdp and self.model.backend == "unsloth":
             raise ValueError("train.fsdp is not supported by the unsloth backend: set model.backend: hf")
+        if self.model.kernels == "liger" and self.model.backend == "unsloth":
+            raise ValueError(
+                "model.kernels liger patches the layers Unsloth patches with its own kernels: "
+                "set model.backend: hf, or model.kernels: auto (Unsloth's kernels only)"
+            )
+        if self.model.adapter and self.model.backend == "unsloth":
+            raise ValueError("model.adapter continues an adapter on the hf backend: set model.backend: hf")
+        preference = self.train.objective != "sft"
+        if preference and self.model.backend == "unsloth":
+            raise ValueError(f"train.objective {self.train.objective} runs on the hf backend: set model.backend: hf")
+        if preference and self.data.format not in ("auto", "preference"):
+            raise ValueError(
+                f"train.objective {self.train.objective} trains on preference pairs: set data.format: preference "
+                "(or auto) and give rows with prompt, chosen and rejected"
+            )
+        if self.data.format == "preference" and not preference:
+            raise ValueError("data.format preference needs train.objective: dpo or orpo")
+        if self.train.objective == "orpo" and "preference" in self.model_fields_set:
+            touched = self.preference.model_fields_set - {"beta"}
+            if touched:
+                raise ValueError(f"preference.{sorted(touched)[0]} applies to dpo only; orpo takes preference.beta")
+        if self.train.objective != "sft" and self.train.fsdp:
+            raise ValueError(f"train.fsdp is not supported for train.objective {self.train.objective} yet")
         return self
 
     def resolved_dict(self) -> dict[str, Any]:
@@ -375,4 +428,6 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
         setattr(data, field, resolve(getattr(data, field)))
     if not recipe.model.name.startswith("builtin:"):
         recipe.model.name = resolve(recipe.model.name) or recipe.model.name
+    if recipe.model.adapter is not None:  # another run's output: relative to the working directory, as output.dir
+        recipe.model.adapter = os.path.normpath(Path.cwd() / Path(recipe.model.adapter).expanduser())
     return recipe

@@ -67,6 +67,9 @@ def print_report(report: dict[str, Any]) -> None:
         labels = ", ".join(f"{name} {n}" for name, n in report["labels"].items())
         summary.add_row("labels", labels + (f"; imbalance {ratio:g}x (largest/smallest)" if ratio else ""))
     summary.add_row("duplicates", f"{report['duplicates']} rows repeat an earlier row (case and whitespace ignored)")
+    summary.add_row(
+        "near duplicates", f"{report['near_duplicate_rows']} rows nearly repeat an earlier row (Jaccard >= 0.8)"
+    )
     lengths = report["token_lengths"]
     if lengths["max"] is not None:
         summary.add_row(
@@ -83,6 +86,20 @@ def print_report(report: dict[str, Any]) -> None:
             f"{report['leaked']} evaluation rows also in training, "
             f"{report['near_duplicates']} near duplicates (Jaccard >= {report['leakage']['threshold']})",
         )
+    if "preference" in report:
+        pairs = report["preference"]
+        for side, stats in pairs["lengths"].items():
+            if stats["max"] is not None:
+                summary.add_row(
+                    f"{side} ({pairs['unit']})", "  ".join(f"{k} {stats[k]}" for k in ("min", "p50", "p99", "max"))
+                )
+        line = f"{pairs['identical_pairs']} identical (bad rows), {pairs['near_identical_pairs']} nearly identical"
+        summary.add_row("pairs", line + " (chosen and rejected >= 90% alike: little to learn)")
+        if pairs["pairs_cut_to_fit"] is not None:
+            summary.add_row(
+                "pairs vs max_length",
+                f"{pairs['pairs_cut_to_fit']} prompts cut to fit, {pairs['pairs_dropped_too_long']} pairs dropped",
+            )
     if report.get("plot"):
         summary.add_row("plot", report["plot"])
     out.print(summary)
@@ -100,6 +117,14 @@ def print_report(report: dict[str, Any]) -> None:
             table.add_column(column)
         for group in report["duplicate_groups"]:
             table.add_row(str(group["count"]), ", ".join(group["locations"]), group["text"])
+        out.print(table)
+    if report["near_duplicate_pairs"]:
+        table = Table(title="near duplicates (most similar pairs)")
+        for column in ("similarity", "where", "later row's text"):
+            table.add_column(column)
+        for pair in report["near_duplicate_pairs"]:
+            where = f"{pair['second']['location']} ~ {pair['first']['location']}"
+            table.add_row(f"{pair['similarity']:.2f}", where, pair["second"]["text"])
         out.print(table)
     if report.get("leakage", {}).get("worst"):
         table = Table(title="leakage: most similar training/evaluation pairs")

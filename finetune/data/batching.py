@@ -43,6 +43,10 @@ def flash_attn_installed() -> bool:
 def batching_mode(recipe: Recipe, flash_available: bool | None = None) -> str:
     """ "packed" | "grouped" | "padded" for this recipe; data.packing: on with an unsuitable kernel is an error."""
     choice = recipe.data.packing
+    if recipe.train.objective != "sft":  # a pair's two sides are collated together by TRL: never packed
+        if choice == "on":
+            raise UserError(f"data.packing: on is for sft; train.objective {recipe.train.objective} pads its pairs")
+        return "padded"
     if choice == "off":
         return "padded"
     attn = recipe.model.attn_implementation

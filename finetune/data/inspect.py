@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import difflib
 import json
 import math
 from collections import Counter
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from finetune.config import DataSection, ModelSection, load_recipe
-from finetune.data.leakage import Item, duplicates, exact_leaks, leakage, make_item
+from finetune.data.leakage import Item, duplicates, exact_leaks, leakage, make_item, near_duplicates
+from finetune.data.preference import encode_pair
 from finetune.data.read import (
     check_csv_header,
     detect_format,
@@ -229,6 +231,53 @@ def measure(
     return lengths, {"token_lengths": stats, **fit}, problems
 
 
+NEAR_IDENTICAL = 0.9  # difflib similarity of chosen and rejected above which a pair teaches almost nothing
+SIMILARITY_CHARS = 2000  # compare the first characters only: SequenceMatcher is quadratic in the worst case
+
+
+def preference_report(
+    items: list[Item], tokenizer: Any, data: DataSection, max_length: int, problems: list[Problem]
+) -> dict[str, Any]:
+    """Pairs: lengths of the prompt and of each answer, identical and nearly identical pairs, what max_length cuts."""
+    sides: dict[str, list[int]] = {"prompt": [], "chosen": [], "rejected": []}
+    near, dropped, cut = [], 0, 0
+    for item in items:
+        example = item.example
+        chosen, rejected = example.messages[-1]["content"], example.rejected or ""
+        if tokenizer is None:
+            lengths = ["".join(m["content"] for m in example.messages[:-1]), chosen, rejected]
+            for name, text in zip(sides, lengths, strict=True):
+                sides[name].append(len(text))
+        else:
+            pair = encode_pair(example, tokenizer, 1 << 62)
+            for name in sides:
+                sides[name].append(len(getattr(pair, f"{name}_ids")))
+            if pair.length > max_length:
+                fitted = encode_pair(example, tokenizer, max_length, data.truncation)
+                dropped, cut = dropped + fitted.dropped, cut + (fitted.prompt_tokens_cut > 0)
+        matcher = difflib.SequenceMatcher(None, chosen[:SIMILARITY_CHARS].lower(), rejected[:SIMILARITY_CHARS].lower())
+        # quick_ratio is an upper bound computed in linear time: most pairs stop there
+        if matcher.quick_ratio() >= NEAR_IDENTICAL and matcher.ratio() >= NEAR_IDENTICAL:
+            near.append(example.source)
+    return {
+        "lengths": {name: _summary(values) for name, values in sides.items()},
+        "unit": "tokens" if tokenizer is not None else "characters",
+        # identical pairs are bad rows (they teach no preference): counted from the problems list
+        "identical_pairs": sum("chosen and rejected are the same answer" in p.message for p in problems),
+        "near_identical_pairs": len(near),
+        "near_identical_examples": near[:MAX_PROBLEMS],
+        "pairs_cut_to_fit": cut if tokenizer is not None else None,
+        "pairs_dropped_too_long": dropped if tokenizer is not None else None,
+    }
+
+
+def _summary(values: list[int]) -> dict[str, Any]:
+    ordered = sorted(values)
+    if not ordered:
+        return dict.fromkeys(("min", "p50", "p99", "max"))
+    return {"min": ordered[0], "p50": percentile(ordered, 50), "p99": percentile(ordered, 99), "max": ordered[-1]}
+
+
 def plot_lengths(lengths: list[int], unit: str, max_length: int, path: Path) -> None:
     import matplotlib
 
@@ -309,10 +358,13 @@ def inspect_data(
         "malformed_rows": sum(p.kind == "malformed" for p in problems),
         "problems": [p.to_json() for p in problems[:MAX_PROBLEMS]],
         **duplicates(items),
+        **near_duplicates(items),
         "tokenizer": tokenizer_note if tokenizer is not None else None,
         "max_length": max_length,
         **length_report,
     }
+    if main[0].format == "preference":
+        report["preference"] = preference_report(items, tokenizer, data, max_length, problems)
     if main[0].format == "classification":
         counts = Counter(item.example.label for item in items)
         report["labels"] = {label: counts.get(label, 0) for label in main[0].labels}

@@ -28,13 +28,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from finetune.data import tokenize, truncate
-from finetune.data.read import Example
+from finetune.data import preference, tokenize, truncate
+from finetune.data.preference import encode_pairs
+from finetune.data.rows import Example
 from finetune.data.tokenize import EncodingReport, encode_split
 from finetune.errors import UserError
 from finetune.paths import cache_home
 
-FORMAT_VERSION = "1"  # bump when the stored layout changes
+FORMAT_VERSION = "2"  # bump when the stored layout changes
 REPORT_KEY = b"finetune.encoding_report"
 
 # Below this many examples one process is as fast: forking workers and sending the token lists back
@@ -60,7 +61,8 @@ def cached_encode(
     truncation: str = "prompt",
     cache_dir: Path | str | None = None,
 ) -> tuple[dict[str, list[list[int]]], EncodingReport]:
-    """encode_split, read from the cache when the same split was tokenised the same way before."""
+    """encode_split (encode_pairs for preference pairs), read from the cache when the same split was
+    tokenised the same way before."""
     directory = Path(cache_dir) if cache_dir is not None else cache_dir_default()
     max_bytes = max_cache_bytes()  # a bad setting fails before the work, not after it
     key = cache_key(examples, tokenizer, max_length, completion_only_loss, data_hash, truncation)
@@ -141,13 +143,16 @@ def cache_key(
         f"tokenizer {tokenizer_fingerprint(tokenizer)}",
         f"template {json.dumps(getattr(tokenizer, 'chat_template', None), sort_keys=True)}",
         # a fix in the masking code must not be hidden by old cached labels
-        *(f"code {hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest()}" for m in (tokenize, truncate)),
+        *(
+            f"code {hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest()}"
+            for m in (tokenize, truncate, preference)
+        ),
         f"versions {transformers.__version__} {tokenizers.__version__}",
     ):
         h.update(part.encode() + b"\0")
     # The split's own rows: the same file split differently is a different entry.
     for example in examples:
-        h.update(json.dumps([example.messages, example.text], ensure_ascii=False).encode() + b"\n")
+        h.update(json.dumps([example.messages, example.text, example.rejected], ensure_ascii=False).encode() + b"\n")
     return h.hexdigest()
 
 
@@ -188,7 +193,7 @@ def encode_parallel(
     import multiprocessing
 
     if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        return encode_split(examples, tokenizer, max_length, completion_only_loss, truncation)
+        return encode_any(examples, tokenizer, max_length, completion_only_loss, truncation)
     _shared.update(
         examples=examples,
         tokenizer=tokenizer,
@@ -202,7 +207,7 @@ def encode_parallel(
             parts = list(pool.map(_encode_chunk, zip(bounds, bounds[1:], strict=False)))
     finally:
         _shared.clear()
-    columns: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
+    columns: dict[str, list[list[int]]] = {name: [] for name in parts[0][0]}
     report = EncodingReport()
     for part_columns, part_report in parts:
         for name in columns:
@@ -215,9 +220,18 @@ def encode_parallel(
 def _encode_chunk(bounds: tuple[int, int]):
     start, end = bounds
     s = _shared
-    return encode_split(
+    return encode_any(
         s["examples"][start:end], s["tokenizer"], s["max_length"], s["completion_only_loss"], s["truncation"]
     )
+
+
+def encode_any(
+    examples: list[Example], tokenizer: Any, max_length: int, completion_only_loss: bool, truncation: str
+) -> tuple[dict[str, list[list[int]]], EncodingReport]:
+    """Preference pairs (prompt/chosen/rejected ids) or everything else (input_ids/labels)."""
+    if examples and examples[0].rejected is not None:
+        return encode_pairs(examples, tokenizer, max_length, truncation)
+    return encode_split(examples, tokenizer, max_length, completion_only_loss, truncation)
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,7 +247,7 @@ def read_entry(path: Path) -> tuple[dict[str, list[list[int]]], EncodingReport] 
     try:
         table = pq.read_table(path)
         report = EncodingReport(**json.loads(table.schema.metadata[REPORT_KEY]))
-        columns = {name: table.column(name).to_pylist() for name in ("input_ids", "labels")}
+        columns = {name: table.column(name).to_pylist() for name in table.column_names}
     except Exception:  # truncated, corrupt, or another layout: recompute
         return None
     return columns, report

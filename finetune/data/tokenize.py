@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune.data.read import Example, empty_answer
+from finetune.data.rows import Example, empty_answer
 from finetune.data.truncate import shorten
 from finetune.errors import UserError
 
@@ -131,7 +131,7 @@ def encode(
         bos = [tokenizer.bos_token_id] if _adds_bos(tokenizer) else []
         input_ids, labels, eos_appended = _tokens([(example.text, True)], bos, tokenizer, completion_only_loss)
     else:
-        input_ids, labels, eos_appended = _encode_messages(
+        input_ids, labels, eos_appended = encode_messages(
             example, example.messages or [], tokenizer, completion_only_loss
         )
     if len(input_ids) <= max_length:
@@ -144,17 +144,17 @@ def encode(
         messages = example.messages or []
 
         def size(candidate: list[dict[str, str]]) -> int:
-            return len(_encode_messages(example, candidate, tokenizer, completion_only_loss)[0])
+            return len(encode_messages(example, candidate, tokenizer, completion_only_loss)[0])
 
         shorter = shorten(messages, size, max_length, tokenizer)
         if shorter is None:
             return Encoded([], [], True, eos_appended, dropped=True)
-        ids, kept_labels, appended = _encode_messages(example, shorter, tokenizer, completion_only_loss)
+        ids, kept_labels, appended = encode_messages(example, shorter, tokenizer, completion_only_loss)
         return Encoded(ids, kept_labels, True, appended, prompt_tokens_cut=len(input_ids) - len(ids))
     return Encoded(input_ids[:max_length], labels[:max_length], True, eos_appended)
 
 
-def _encode_messages(
+def encode_messages(
     example: Example, messages: list[dict[str, str]], tokenizer: Any, completion_only_loss: bool
 ) -> tuple[list[int], list[int], bool]:
     try:
@@ -191,13 +191,18 @@ def _adds_bos(tokenizer: Any) -> bool:
 
 def _last_target_span(input_ids: list[int], labels: list[int]) -> list[int]:
     """Ids of the last run of trained positions (the final answer), where EOS must be."""
+    return input_ids[slice(*answer_span(labels))]
+
+
+def answer_span(labels: list[int]) -> tuple[int, int]:
+    """(start, end) of the last run of trained labels: the final answer."""
     end = len(labels)
     while end and labels[end - 1] == IGNORE:
         end -= 1
     start = end
     while start and labels[start - 1] != IGNORE:
         start -= 1
-    return input_ids[start:end]
+    return start, end
 
 
 def encode_split(

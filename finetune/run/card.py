@@ -109,9 +109,15 @@ def _results(run: Path, metrics: dict[str, Any]) -> list[str]:
         rows.append(f"- validation loss: {start}{best:.4f} at step {metrics.get('best_step')}")
     if metrics.get("improved") is False:
         rows.append("- **not improved**: the best adapter is no better than the base model on the validation split")
-    if metrics.get("test_loss") is not None:
+    if metrics.get("test_perplexity") is not None:
         rows.append(f"- test loss {metrics['test_loss']:.4f}, perplexity {metrics['test_perplexity']:.2f}")
-    for key in ("test_accuracy", "test_macro_f1"):
+    elif metrics.get("test_loss") is not None:  # dpo/orpo: the preference loss
+        rows.append(f"- test preference loss {metrics['test_loss']:.4f}")
+    if metrics.get("test_preference_accuracy") is not None:
+        base = metrics.get("test_base_preference_accuracy")
+        versus = f" (base {base:.4f})" if base is not None else ""
+        rows.append(f"- test preference accuracy: {metrics['test_preference_accuracy']:.4f}{versus}")
+    for key in ("test_accuracy", "test_macro_f1", "test_reward_accuracy", "test_reward_margin"):
         if metrics.get(key) is not None:
             rows.append(f"- {key.replace('_', ' ')}: {metrics[key]:.4f}")
     rows.append(
@@ -130,7 +136,7 @@ def _results(run: Path, metrics: dict[str, Any]) -> list[str]:
     return [*rows, ""]
 
 
-_EVAL_KEYS = ("loss", "perplexity", "accuracy", "macro_f1", "preference_accuracy")
+_EVAL_KEYS = ("loss", "perplexity", "accuracy", "macro_f1", "preference_accuracy", "reward_accuracy", "reward_margin")
 
 
 def _provenance(metrics: dict[str, Any]) -> list[str]:

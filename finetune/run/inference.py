@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from finetune.config import Recipe, load_recipe
-from finetune.data.read import classification_prompt, load_splits
+from finetune.data.read import load_splits
+from finetune.data.rows import classification_prompt
 from finetune.data.tokenize import check_special_tokens
 from finetune.errors import UserError
 from finetune.model import loading

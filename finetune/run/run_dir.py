@@ -233,7 +233,8 @@ def save_adapter(run: Path, model, tokenizer, state_dict: dict | None = None) ->
     initial = run / INITIAL_ADAPTER
     convert = {"path_initial_model_for_weight_conversion": str(initial)} if initial.is_dir() else {}
     with staged_directory(target) as staging:
-        model.save_pretrained(staging, state_dict=state_dict, **convert)
+        # only the trained adapter: DPO after SFT also holds a frozen copy, "ref" (model/loading.py)
+        model.save_pretrained(staging, state_dict=state_dict, selected_adapters=["default"], **convert)
         tokenizer.save_pretrained(staging)
     return target
 
@@ -259,7 +260,8 @@ def read_metrics(run: Path) -> dict[str, Any]:
 
 
 def plot_loss(history: list[dict], best_step: int | None, path: Path) -> None:
-    """Train and validation loss against optimizer step, the best step marked."""
+    """Train and validation loss against optimizer step, the best step marked; for DPO/ORPO a second
+    panel with the validation reward accuracy and margin."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display in containers and CI
@@ -267,17 +269,42 @@ def plot_loss(history: list[dict], best_step: int | None, path: Path) -> None:
 
     train = [(row["step"], row["loss"]) for row in history if "loss" in row]
     val = [(row["step"], row["eval_loss"]) for row in history if "eval_loss" in row]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    rewards = [row for row in history if "eval_rewards/accuracies" in row]
+    if rewards:
+        fig, (ax, lower) = plt.subplots(2, 1, figsize=(7, 6.5), dpi=110, sharex=True)
+        _plot_rewards(lower, rewards, best_step)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     if train:
         ax.plot(*zip(*train, strict=False), label="train loss", color="#4c72b0", alpha=0.8)
     if val:
         ax.plot(*zip(*val, strict=False), label="validation loss", color="#dd8452", marker="o", markersize=3)
     if best_step is not None:
         ax.axvline(best_step, color="#55a868", linestyle="--", label=f"best (step {best_step})")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (nats/token)")
+    if not rewards:
+        ax.set_xlabel("optimizer step")
+    ax.set_ylabel("preference loss" if rewards else "loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _plot_rewards(ax, rows: list[dict], best_step: int | None) -> None:
+    steps = [row["step"] for row in rows]
+    ax.plot(
+        steps, [row["eval_rewards/accuracies"] for row in rows], label="reward accuracy", color="#4c72b0", marker="o"
+    )
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("validation reward accuracy")
+    ax.set_xlabel("optimizer step")
+    margins = ax.twinx()
+    margins.plot(
+        steps, [row.get("eval_rewards/margins", 0.0) for row in rows], color="#c44e52", marker="s", markersize=3
+    )
+    margins.set_ylabel("reward margin (chosen - rejected)", color="#c44e52")
+    if best_step is not None:
+        ax.axvline(best_step, color="#55a868", linestyle="--")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")

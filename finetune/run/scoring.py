@@ -20,7 +20,7 @@ from finetune.data.tokenize import IGNORE, encode
 Progress = Callable[[int], None]  # called with the number of sequences just processed
 
 
-def _batches(items: list, size: int) -> Iterable[list]:
+def batches(items: list, size: int) -> Iterable[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -56,7 +56,7 @@ def lm_loss(
     """Token-weighted mean negative log-likelihood of the answer tokens, and its perplexity; `per_example`
     holds each sequence's own mean loss and answer-token count, in order."""
     total_logprob, total_tokens, per_example = 0.0, 0, []
-    for batch in _batches(encoded, batch_size):
+    for batch in batches(encoded, batch_size):
         sums, counts = sequence_logprobs(model, batch)
         total_logprob += sum(sums)
         total_tokens += sum(counts)
@@ -91,7 +91,7 @@ def rank_labels(
             encoded = encode(candidate, tokenizer, max_length, completion_only_loss=True)
             pairs.append((encoded.input_ids, encoded.labels))
     scores: list[float] = []
-    for batch in _batches(pairs, batch_size * len(labels)):
+    for batch in batches(pairs, batch_size * len(labels)):
         sums, _ = sequence_logprobs(model, batch)
         scores += sums
         if progress:
@@ -126,7 +126,7 @@ def generate_labels(
     longest = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels)
     tokenizer.padding_side = "left"  # generation continues from the right end
     predictions, generated = [], []
-    for batch in _batches(examples, batch_size):
+    for batch in batches(examples, batch_size):
         prompts = [
             tokenizer.apply_chat_template(e.messages[:-1], tokenize=False, add_generation_prompt=True) for e in batch
         ]

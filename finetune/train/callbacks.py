@@ -153,11 +153,18 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
+REWARD_KEYS = ("eval_rewards/accuracies", "eval_rewards/margins")  # what DPO and ORPO log at each validation
+
+
 def loss_history(log_history: list[dict]) -> list[dict]:
-    """Trainer's log_history -> the metrics.json `history` rows: {step, loss} and {step, eval_loss}."""
+    """Trainer's log_history -> the metrics.json `history` rows: {step, loss} and {step, eval_loss}
+    (for DPO/ORPO with the validation reward accuracy and margin)."""
     rows = []
     for entry in log_history:
         for key in ("loss", "eval_loss"):
             if key in entry and "step" in entry:
-                rows.append({"step": int(entry["step"]), key: float(entry[key])})
+                row = {"step": int(entry["step"]), key: float(entry[key])}
+                if key == "eval_loss":
+                    row.update({name: float(entry[name]) for name in REWARD_KEYS if name in entry})
+                rows.append(row)
     return rows

@@ -29,6 +29,7 @@ from finetune.train.prepare import Prepared
 from finetune.train.resume import ResumePoint
 
 PACKAGES = ("finetune", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "unsloth")
+PACKAGES += ("liger-kernel",)  # model.kernels: liger, optional like unsloth
 
 
 def train(
@@ -115,9 +116,10 @@ def _fit(recipe, run, console, prepared, device, backend, progress, callbacks, f
     timings["model_load_s"] = time.perf_counter() - t0
 
     # Trainer: evaluation and checkpoints share one interval, so the best checkpoint always exists.
-    trainer = trainer_setup.trainer_class()(
+    objective = recipe.train.objective
+    trainer = trainer_setup.trainer_class(objective)(
         model=model,
-        args=trainer_setup.sft_config(recipe, plan, run, dtype, device),
+        args=trainer_setup.trainer_config(recipe, plan, run, dtype, device),
         train_dataset=datasets["train"],
         eval_dataset=datasets["validation"],
         processing_class=tokenizer,
@@ -128,8 +130,11 @@ def _fit(recipe, run, console, prepared, device, backend, progress, callbacks, f
         stopper = EarlyStoppingCallback(recipe.early_stopping.patience, recipe.early_stopping.min_delta)
         trainer.add_callback(stopper)
     if recipe.spike_guard.enabled:
-        uniform = math.log(model.config.vocab_size)  # the loss of a model that predicts nothing
-        trainer.spike_guard = SpikeGuard(recipe.spike_guard, events, uniform_loss=uniform)
+        if objective == "sft":  # collapse: the loss of a model that predicts nothing
+            guard = SpikeGuard(recipe.spike_guard, events, uniform_loss=math.log(model.config.vocab_size))
+        else:  # the preference loss of a policy equal to its reference is ln 2 (spike_judge.py)
+            guard = SpikeGuard(recipe.spike_guard, events, floor=math.log(2))
+        trainer.spike_guard = guard
         trainer.add_callback(trainer.spike_guard)
     sealer = MarkComplete(fingerprint, events, sharded=trainer.is_fsdp_enabled, stopper=stopper)
     trainer.add_callback(sealer)
@@ -214,7 +219,11 @@ def _fit(recipe, run, console, prepared, device, backend, progress, callbacks, f
     if is_main:
         run_dir.save_adapter(run, trainer.accelerator.unwrap_model(trainer.model), tokenizer, state_dict=gathered)
     trainer.optimizer = None  # its states are not needed any more; free them before scoring
-    if datasets.get("test") is not None:
+    if datasets.get("test") is not None and objective != "sft":
+        t0 = time.perf_counter()
+        results.update(_test_preferences(trainer, recipe, datasets["test"]))
+        timings["test_s"] = time.perf_counter() - t0
+    elif datasets.get("test") is not None:
         # Scored by the same function as `finetune eval` (token-weighted mean over answer tokens), so
         # the two report the same number for the same adapter.
         t0 = time.perf_counter()
@@ -243,6 +252,7 @@ def _fit(recipe, run, console, prepared, device, backend, progress, callbacks, f
         "tokenization": {name: asdict(report) for name, report in prepared.reports.items()},
         "world_size": plan.world_size,
         "backend": backend,
+        "kernels": model.finetune_kernels,  # model.kernels: requested, used, applied (model/kernels.py)
         "device": str(device),
         "compute_dtype": str(dtype).removeprefix("torch."),
         "versions": package_versions(),
@@ -280,6 +290,24 @@ def _results(trainer, plan: Plan, stopped_early: bool, events: list[dict[str, An
         "history": loss_history(state.log_history),
         "events": events,
     }
+
+
+def _test_preferences(trainer, recipe: Recipe, test) -> dict[str, Any]:
+    """The held-out pairs: the preference loss, and preference/reward accuracy of the tuned model and the base."""
+    from finetune.run.preference import score_pairs
+
+    scored_by_trainer = test.map(trainer.tokenize_row) if hasattr(trainer, "tokenize_row") else test  # ORPO's columns
+    handler = trainer.callback_handler
+    callbacks, handler.callbacks = handler.callbacks, []  # not a validation: no samples, log lines or stopping
+    try:
+        test_loss = trainer.evaluate(scored_by_trainer, metric_key_prefix="test")["test_loss"]
+    finally:
+        handler.callbacks = callbacks
+    trainer.model.eval()
+    triples = list(zip(test["prompt_ids"], test["chosen_ids"], test["rejected_ids"], strict=True))
+    batch = recipe.train.eval_batch_size or recipe.train.micro_batch_size
+    scored, _ = score_pairs(trainer.model, triples, recipe.preference.beta, batch, compare_base=True)
+    return {"test_loss": test_loss, **{f"test_{k}": v for k, v in scored.items() if k != "pairs"}}
 
 
 def _throughput(tokens: int, train_s: float, device) -> dict[str, float]:

@@ -20,7 +20,7 @@ from finetune.model import loading
 from finetune.model.devices import compute_dtype, device_for_this_process
 from finetune.train.plan import Plan
 from finetune.train.prepare import prepare
-from finetune.train.trainer import sft_config
+from finetune.train.trainer import trainer_config
 
 STEPS = 3  # optimizer steps: the first allocates the optimizer states, the later ones show the steady peak
 
@@ -57,7 +57,7 @@ def measure(recipe: Recipe) -> dict[str, Any]:
         eval_steps=STEPS,
     )
     with tempfile.TemporaryDirectory() as scratch:
-        args = sft_config(recipe, plan, Path(scratch), dtype, device)
+        args = trainer_config(recipe, plan, Path(scratch), dtype, device)
         args = dataclasses.replace(
             args, eval_strategy="no", save_strategy="no", load_best_model_at_end=False, gradient_accumulation_steps=1
         )

@@ -83,12 +83,13 @@ def tokenize_splits(splits: Splits, tokenizer, recipe: Recipe) -> tuple[dict[str
         columns, report = cached_encode(
             examples, tokenizer, data.max_length, data.completion_only_loss, splits.data_hash, data.truncation
         )
-        if not columns["input_ids"] and data.truncation == "prompt":
+        fitted = next(iter(columns.values()))  # input_ids, or prompt_ids for preference pairs
+        if not fitted and data.truncation == "prompt":
             raise UserError(
                 f"data: no {name} example fits in data.max_length={data.max_length} even with its prompt cut "
                 "(the answers alone are longer); raise data.max_length"
             )
-        if not columns["input_ids"]:
+        if not fitted:
             raise UserError(
                 f"data: every {name} example is longer than data.max_length={data.max_length} before its answer "
                 f"ends (data.truncation: {data.truncation}); raise data.max_length, or set data.truncation: prompt"

@@ -16,8 +16,12 @@ from finetune.train.plan import Plan
 
 def print_plan(console: Console, recipe: Recipe, plan: Plan, run: Path, mode: str) -> None:
     quant = "4-bit " + recipe.quant.method.upper() if recipe.quant.method != "none" else "16/32-bit"
+    lora = f"LoRA r={recipe.lora.r}, targets {recipe.lora.target_modules}"
+    if recipe.model.adapter:
+        lora = f"continuing the adapter {recipe.model.adapter}"
     lines = [
-        f"[bold]model[/]     {recipe.model.name} ({quant}, LoRA r={recipe.lora.r}, targets {recipe.lora.target_modules})",
+        f"[bold]model[/]     {recipe.model.name} ({quant}, {lora})",
+        *objective_lines(recipe),
         f"[bold]data[/]      train {plan.train_rows} / validation {plan.validation_rows} / test {plan.test_rows} rows",
         f"[bold]schedule[/]  {plan.total_steps} steps ({plan.steps_per_epoch}/epoch), batch {plan.effective_batch}, "
         f"validate every {plan.eval_steps} steps"
@@ -37,6 +41,21 @@ def print_plan(console: Console, recipe: Recipe, plan: Plan, run: Path, mode: st
     console.print("\n".join(lines))
 
 
+def objective_lines(recipe: Recipe) -> list[str]:
+    """For dpo/orpo: the objective, its settings and what the reference model is."""
+    objective, p = recipe.train.objective, recipe.preference
+    if objective == "sft":
+        return []
+    if objective == "orpo":
+        return [f"[bold]objective[/] orpo (beta {p.beta:g}; no reference model)"]
+    if recipe.model.adapter:
+        ref = f"the adapter it starts from ({recipe.model.adapter})"
+    else:
+        ref = "the base model (the adapter switched off)"
+    pre = ", precomputed" if p.precompute_ref_log_probs else ""
+    return [f"[bold]objective[/] dpo (beta {p.beta:g}, {p.loss_type}; reference: {ref}{pre})"]
+
+
 def print_summary(console: Console, metrics: dict, run: Path) -> None:
     table = Table(title="finetune: run finished", show_header=False, box=None)
     table.add_column(style="bold")
@@ -54,8 +73,16 @@ def print_summary(console: Console, metrics: dict, run: Path) -> None:
             "[red]the best adapter is no better than the base model on the validation split: lower "
             "train.learning_rate, check the data, or train longer (exit code 3)[/]",
         )
-    if "test_loss" in metrics:
+    if "test_perplexity" in metrics:
         table.add_row("test loss / perplexity", f"{metrics['test_loss']:.4f} / {metrics['test_perplexity']:.2f}")
+    elif "test_loss" in metrics:  # dpo/orpo
+        table.add_row("test preference loss", f"{metrics['test_loss']:.4f}")
+    if "test_preference_accuracy" in metrics:
+        table.add_row(
+            "test preference accuracy",
+            f"base {metrics['test_base_preference_accuracy']:.4f} -> {metrics['test_preference_accuracy']:.4f} "
+            f"(reward accuracy {metrics['test_reward_accuracy']:.4f}, margin {metrics['test_reward_margin']:.3f})",
+        )
     if "test_accuracy" in metrics:
         table.add_row("test accuracy / macro-F1", f"{metrics['test_accuracy']:.4f} / {metrics['test_macro_f1']:.4f}")
     for event in metrics.get("events", []):
@@ -66,6 +93,10 @@ def print_summary(console: Console, metrics: dict, run: Path) -> None:
         table.add_row(
             "sample (best)", f"{prompt[:70]}{'...' if len(prompt) > 70 else ''} -> {sample['generation'][:120]!r}"
         )
+    kernels = metrics.get("kernels") or {}
+    if kernels:  # model.kernels: which fused kernels ran, or why none did
+        used = f"liger ({', '.join(kernels['applied'])})" if kernels["applied"] else f"none ({kernels['why']})"
+        table.add_row("kernels", used)
     table.add_row("time", f"{metrics['timings']['total_s']:.1f} s")
     table.add_row("adapter", str(run / "adapter"))
     console.print(table)

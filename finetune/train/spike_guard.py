@@ -30,9 +30,15 @@ from finetune.train.spike_judge import SpikeJudge
 
 
 class SpikeGuard(TrainerCallback):
-    def __init__(self, cfg: SpikeGuardSection, events: list[dict[str, Any]], uniform_loss: float | None = None):
+    def __init__(
+        self,
+        cfg: SpikeGuardSection,
+        events: list[dict[str, Any]],
+        uniform_loss: float | None = None,
+        floor: float = 0.0,
+    ):
         self.cfg = cfg
-        self.judge = SpikeJudge(cfg, uniform_loss)
+        self.judge = SpikeJudge(cfg, uniform_loss, floor)
         self.events = events
         self.micro_losses: list = []
         self.snapshot: dict[str, Any] | None = None

@@ -17,9 +17,12 @@ VANISHED_GRAD = 1e-3  # x the median accepted gradient norm (or absolute, before
 class SpikeJudge:
     """The decision rule alone (pure Python), so it can be tested on synthetic loss sequences."""
 
-    def __init__(self, cfg: SpikeGuardSection, uniform_loss: float | None = None):
+    def __init__(self, cfg: SpikeGuardSection, uniform_loss: float | None = None, floor: float = 0.0):
         self.cfg = cfg
         self.uniform_loss = uniform_loss  # ln(vocabulary size): the loss of a model that predicts nothing
+        # A loss at or below `floor` is never a spike. DPO's loss heads for 0 as the margins grow, so 4x a
+        # median of 0.01 is noise; above ln 2 (a policy no better than its reference) it is not.
+        self.floor = floor
         self.accepted: deque[float] = deque(maxlen=cfg.window)
         self.grad_norms: deque[float] = deque(maxlen=cfg.window)  # of the accepted steps
         self.spike_steps: deque[int] = deque()
@@ -37,7 +40,7 @@ class SpikeJudge:
         median = self.median()
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             return "spike", median
-        if median is not None and loss > self.cfg.factor * median:
+        if median is not None and loss > max(self.cfg.factor * median, self.floor):
             return "spike", median
         typical_grad = statistics.median(self.grad_norms) if len(self.grad_norms) >= 3 else None
         if typical_grad and grad_norm > GRAD_EXPLOSION * typical_grad:

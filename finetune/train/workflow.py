@@ -19,7 +19,7 @@ from rich.console import Console
 
 from finetune.config import Recipe
 from finetune.data import batching
-from finetune.data.read import load_splits
+from finetune.data.read import check_objective, load_splits
 from finetune.model import loading
 from finetune.model.devices import is_main_process, under_torchrun, world_size
 from finetune.paths import looks_like_path
@@ -65,10 +65,15 @@ def fine_tune(recipe: Recipe, request: TrainRequest, console: Console) -> int:
     relaunching = request.nproc > 1 and not under_torchrun() and not request.dry_run
     backend = "hf"
     if not (request.dry_run or relaunching):
-        backend = loading.choose_backend(recipe.model.backend)  # before transformers: Unsloth must patch it first
+        # before transformers: Unsloth must patch it first. DPO/ORPO and model.adapter run on transformers + peft.
+        hf_only = recipe.train.objective != "sft" or recipe.model.adapter is not None
+        backend = loading.choose_backend("hf" if hf_only else recipe.model.backend)
     loading.quiet_libraries(request.verbose)
     model_path = loading.resolve_model_path(recipe.model)
+    if recipe.model.adapter is not None:
+        loading.check_adapter_folder(recipe.model.adapter)
     splits = load_splits(recipe.data)
+    check_objective(recipe.train.objective, splits.format, recipe.data.path or recipe.data.train or "data")
     point = None
     if request.resume:  # the checkpoint must be of this recipe and data: known before any tokenizing
         fingerprint = {"recipe_hash": recipe.fingerprint(), "data_hash": splits.data_hash}
@@ -109,7 +114,7 @@ def fine_tune(recipe: Recipe, request: TrainRequest, console: Console) -> int:
 def run_inputs(recipe: Recipe, recipe_file: Path | None) -> tuple[Path, ...]:
     """The local files and folders a run reads: --overwrite must never delete one of them."""
     data = recipe.data
-    names = [data.path, data.train, data.validation, data.test]
+    names = [data.path, data.train, data.validation, data.test, recipe.model.adapter]
     if not recipe.model.name.startswith("builtin:"):
         names.append(recipe.model.name)
     found = [Path(name) for name in names if name and (Path(name).exists() or looks_like_path(name))]

@@ -266,3 +266,16 @@ def full_logits_peak(spec: ArchitectureSpec, batch: int, seq: int, dtypes: Activ
     t, v = batch * seq, spec.vocab_size
     head_cast = v * spec.hidden_size * dtypes.compute if head_bytes != dtypes.compute else 0
     return t * v * 12 + head_cast + t * spec.hidden_size * 4
+
+
+def reference_forward_peak(
+    spec: ArchitectureSpec, tokens: int, dtypes: ActivationDtypes, dequant: int, head: int
+) -> int:
+    """DPO's reference forward (TRL 1.16 compute_ref_log_probs): torch.no_grad, gradient checkpointing switched
+    off, the adapter disabled. Without autograd each layer's intermediates are freed as soon as the next op has
+    read them, so the peak is the residual stream in and out of the biggest layer, that layer's largest
+    intermediate (the MLP's gate and up projections, in the compute dtype), a dequantized weight, and the fused
+    LM head's working set (the same tiles as the policy's loss; only the per-token log-probs are returned)."""
+    residual = 2 * tokens * spec.hidden_size * dtypes.residual
+    mlp = 2 * tokens * spec.intermediate_size * dtypes.compute
+    return residual + mlp + dequant + head

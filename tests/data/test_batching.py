@@ -8,7 +8,7 @@ from finetune.config import validate_recipe
 from finetune.data import batching
 from finetune.errors import UserError
 from finetune.train.plan import Plan
-from finetune.train.trainer import sft_config
+from finetune.train.trainer import trainer_config
 
 
 def recipe(packing: str = "auto", attn: str = "sdpa", **data):
@@ -64,7 +64,7 @@ def _config(r, tmp_path):
         total_steps=6,
         eval_steps=1,
     )
-    return sft_config(r, plan, tmp_path, torch.float32, torch.device("cpu"))
+    return trainer_config(r, plan, tmp_path, torch.float32, torch.device("cpu"))
 
 
 def test_sft_config_carries_the_mode(tmp_path, monkeypatch):

@@ -13,8 +13,16 @@ from tests.conftest import ROOT, write_jsonl
 QA = {"instruction": "What is a bond?", "input": "", "output": "A loan to an issuer."}
 
 
+PAIR = {"prompt": "Buy gold?", "chosen": "It depends on your goals.", "rejected": "Yes, it only goes up!"}
+DPO = {"train": {"objective": "dpo"}}
+
+
 def rows(n=20, **change):
     return [{**QA, "instruction": f"Q{i}?", **change} for i in range(n)]
+
+
+def pairs(n=20, **change):
+    return [{**PAIR, "prompt": f"Q{i}: buy gold?", **change} for i in range(n)]
 
 
 def base_recipe(data_path) -> dict:
@@ -183,6 +191,34 @@ CASES = [
             rows(),
         ),
         "the chat template does not render the assistant content",
+    ),
+    (
+        "pair without rejected",
+        lambda t: ("recipe", DPO, pairs(rejected=None)),
+        "d.jsonl:1: missing or empty 'rejected'",
+    ),
+    ("pair with an empty answer", lambda t: ("recipe", DPO, pairs(chosen=" ")), "d.jsonl:1: missing or empty 'chosen'"),
+    (
+        "pair chosen = rejected",
+        lambda t: ("recipe", DPO, pairs(rejected=PAIR["chosen"])),
+        "d.jsonl:1: chosen and rejected are the same answer",
+    ),
+    (
+        "pair answer not a string",
+        lambda t: ("recipe", DPO, pairs(chosen={"text": "a"})),
+        "d.jsonl:1: chosen must be a string (got dict)",
+    ),
+    ("pairs trained with sft", lambda t: ("rows", pairs()), "set train.objective: dpo or orpo"),
+    ("dpo on chat rows", lambda t: ("recipe", DPO, rows()), "train.objective dpo needs preference rows"),
+    (
+        "every pair too long",
+        lambda t: ("recipe", DPO, pairs(chosen="x" * 600)),
+        "even with its prompt cut",
+    ),
+    (
+        "adapter folder missing",
+        lambda t: ("recipe", {**DPO, "model": {"adapter": str(t / "runs/nope/adapter")}}, pairs()),
+        "is not a PEFT adapter folder",
     ),
     (
         "csv duplicate header",

@@ -37,3 +37,13 @@ def test_judge_calls_an_exploding_gradient_norm_a_spike():
     assert judge.verdict(3.0, 20.0)[0] is None, "10x swings are normal"
     assert judge.verdict(3.0, 200.0)[0] == "spike"  # > 100 x the median accepted norm (1.75)
     assert judge.grad_norms[-1] == 20.0, "spikes never enter the reference"
+
+
+def test_a_preference_loss_below_ln2_is_never_a_spike():
+    """DPO's loss heads for 0: 4x a median of 0.01 is noise. Above ln 2 (no better than the reference) it counts."""
+    judge = SpikeJudge(SpikeGuardSection(factor=4.0), floor=math.log(2))
+    for loss in (0.02, 0.01, 0.012, 0.011):
+        assert judge.verdict(loss, 1.0)[0] is None
+    assert judge.verdict(0.5, 1.0)[0] is None  # 40x the median, still better than the reference
+    assert judge.verdict(3.0, 1.0)[0] == "spike"
+    assert judge.verdict(float("nan"), 1.0)[0] == "spike"

@@ -9,7 +9,7 @@ from finetune.data.read import load_splits
 from finetune.data.tokenize import IGNORE
 from finetune.model import loading
 from finetune.train.prepare import prepare
-from finetune.train.trainer import sft_config, trainer_class
+from finetune.train.trainer import trainer_config, trainer_class
 
 
 def test_collated_batches_keep_the_prompt_masked(write_recipe, tmp_path):
@@ -17,7 +17,7 @@ def test_collated_batches_keep_the_prompt_masked(write_recipe, tmp_path):
     prepared = prepare(recipe, load_splits(recipe.data))
     tokenizer, datasets = prepared.tokenizer, prepared.datasets
     model = loading.load_for_training(prepared.model_path, recipe, torch.device("cpu"), torch.float32)
-    args = sft_config(recipe, prepared.plan, Path(tmp_path), torch.float32, torch.device("cpu"))
+    args = trainer_config(recipe, prepared.plan, Path(tmp_path), torch.float32, torch.device("cpu"))
     trainer = trainer_class()(
         model=model,
         args=args,
