@@ -34,11 +34,24 @@ def eval_command(
     ] = False,
     limit: Annotated[int | None, typer.Option("--limit", help="Score the first N examples only.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Examples per forward pass.")] = None,
+    generate: Annotated[
+        bool | None,
+        typer.Option(
+            "--generate/--no-generate",
+            help="lm: a greedy answer beside the reference for every row of predictions.jsonl "
+            "(default: the first 3 rows; --no-generate: none).",
+        ),
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option("--max-new-tokens", help="lm: tokens per answer at most (default train.sample_max_new_tokens)."),
+    ] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write (default RUN/eval).")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     debug: Debug = False,
 ) -> None:
-    """Score the fine-tune on held-out data: loss/perplexity, or accuracy/precision/recall/F1.
+    """Score the fine-tune on held-out data: loss/perplexity, accuracy/precision/recall/F1, or (DPO/ORPO runs)
+    preference accuracy, reward accuracy and margin.
 
     Example: finetune eval runs/quickstart --compare-base
     """
@@ -46,9 +59,9 @@ def eval_command(
     from finetune.run.evaluate import evaluate_run
     from finetune.run.inference import open_run
 
-    check_counts({"--limit": limit, "--batch-size": batch_size})
-    if task not in ("auto", "lm", "classification"):
-        raise UserError(f"--task must be auto, lm or classification (got {task!r})")
+    check_counts({"--limit": limit, "--batch-size": batch_size, "--max-new-tokens": max_new_tokens})
+    if task not in ("auto", "lm", "classification", "preference"):
+        raise UserError(f"--task must be auto, lm, classification or preference (got {task!r})")
     trained = open_run(run)
     quiet_libraries(verbose=False)
     label_list = [label.strip() for label in labels.split(",") if label.strip()] if labels else None
@@ -67,12 +80,18 @@ def eval_command(
             out_dir=output or run / "eval",
             console=console,
             progress=not json_output,
+            generate=generate,
+            max_new_tokens=max_new_tokens,
         )
     if json_output:
         emit_json(results)
         return
     print_eval(results)
     console.print(f"written to {output or run / 'eval'}")
+    if results.get("answers", {}).get("rows"):
+        more = "" if generate else "; --generate: every row"
+        rows = results["answers"]["rows"]
+        console.print(f"predictions.jsonl: greedy answers beside the references in {rows} rows{more}")
 
 
 def print_eval(results: dict) -> None:
@@ -86,6 +105,9 @@ def print_eval(results: dict) -> None:
     if results["task"] == "lm":
         names = [("loss", "loss"), ("perplexity", "perplexity")]
         get = lambda r, key: r[key]  # noqa: E731
+    elif results["task"] == "preference":  # the base has no reward against itself: its row shows accuracy only
+        names = [("preference accuracy", "preference_accuracy")]
+        get = lambda r, key: r[key]  # noqa: E731
     else:
         names = [("accuracy", "accuracy")] + [(f"macro {m}", m) for m in ("precision", "recall", "f1")]
         get = lambda r, key: r["accuracy"] if key == "accuracy" else r["macro"][key]  # noqa: E731
@@ -94,6 +116,10 @@ def print_eval(results: dict) -> None:
         if base:
             row += [f"{get(base, key):.4f}", f"{get(results['finetuned'], key) - get(base, key):+.4f}"]
         table.add_row(*row)
+    if results["task"] == "preference":
+        tuned, blank = results["finetuned"], ["", ""] if base else []
+        table.add_row("reward accuracy", f"{tuned['reward_accuracy']:.4f}", *blank)
+        table.add_row(f"reward margin (reference: {results['reference']})", f"{tuned['reward_margin']:.4f}", *blank)
     out.print(table)
     if results["task"] == "classification":
         metrics = results["finetuned"]
@@ -215,11 +241,13 @@ def merge(
     merged = run_merge(trained, output, dtype, overwrite)
     console.print(f"merged model written to {merged}")
     if gguf:
-        from finetune.run.gguf import write_gguf, write_modelfile  # numpy and gguf-py: only for --gguf
+        from finetune.run.gguf import quant_note, write_gguf, write_modelfile  # numpy, gguf-py: only for --gguf
 
         gguf_file = write_gguf(merged, merged / f"{merged.name}-{gguf_type}.gguf", gguf_type)
         write_modelfile(gguf_file, _chat_template(merged), merged / "Modelfile")
         console.print(f"GGUF written to {gguf_file} (+ Modelfile for `ollama create`)")
+        if note := quant_note(gguf_file, gguf_type):  # small models: some rows do not fit the type's blocks
+            console.print(f"[yellow]note:[/] {note}")
 
 
 def _chat_template(directory: Path) -> str | None:

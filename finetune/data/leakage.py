@@ -1,4 +1,4 @@
-"""Duplicates and train/evaluation leakage: exact (normalised text) and near (MinHash LSH).
+"""Duplicates within the data and train/evaluation leakage: exact (normalised text) and near (MinHash LSH).
 
 Rows are compared on the example's prompt + answer (system prompts excluded: every row shares
 them), lower-cased with whitespace collapsed. Near duplicates: word 3-gram shingles; datasketch's
@@ -85,20 +85,28 @@ class NearIndex:
         self.shingles = [_shingles(item.key) for item in items]
         self.lsh = MinHashLSH(threshold=LSH_THRESHOLD, num_perm=NUM_PERM)
         self.MinHash = MinHash
-        hashes = MinHash.bulk([[s.encode() for s in sh] for sh in self.shingles], num_perm=NUM_PERM)
+        self.hashes = MinHash.bulk([[s.encode() for s in sh] for sh in self.shingles], num_perm=NUM_PERM)
         with self.lsh.insertion_session() as session:
-            for index, minhash in enumerate(hashes):
+            for index, minhash in enumerate(self.hashes):
                 session.insert(index, minhash)
 
-    def best(self, item: Item) -> tuple[float, Item] | None:
-        shingles = _shingles(item.key)
-        minhash = self.MinHash(num_perm=NUM_PERM)
-        minhash.update_batch([s.encode() for s in shingles])
+    def similar(self, item: Item, position: int | None = None) -> list[tuple[float, int]]:
+        """(exact Jaccard, index) of the indexed rows LSH proposes for `item`, at or above NEAR_THRESHOLD;
+        `position`: `item` is the index's own row there (its MinHash is reused, itself included)."""
+        if position is not None:
+            shingles, minhash = self.shingles[position], self.hashes[position]
+        else:
+            shingles = _shingles(item.key)
+            minhash = self.MinHash(num_perm=NUM_PERM)
+            minhash.update_batch([s.encode() for s in shingles])
         scored = [
             (len(shingles & self.shingles[i]) / len(shingles | self.shingles[i]), i) for i in self.lsh.query(minhash)
         ]
-        top = max(scored, default=None)
-        return (top[0], self.items[top[1]]) if top and top[0] >= NEAR_THRESHOLD else None
+        return [(sim, i) for sim, i in scored if sim >= NEAR_THRESHOLD]
+
+    def best(self, item: Item) -> tuple[float, Item] | None:
+        top = max(self.similar(item), default=None)
+        return (top[0], self.items[top[1]]) if top else None
 
 
 def _show(item: Item) -> dict[str, str]:
@@ -118,6 +126,38 @@ def duplicates(items: list[Item]) -> dict[str, Any]:
             for g in repeated[:SHOW]
         ],
     }
+
+
+def near_duplicates(items: list[Item]) -> dict[str, Any]:
+    """Rows that nearly repeat an earlier row of the same data (Jaccard >= NEAR_THRESHOLD, not exact).
+
+    The within-file counterpart of `duplicates`: a row counts once, against its most similar earlier
+    row (the earliest of equals); a row that exactly repeats an earlier one is left to `duplicates`."""
+    index = NearIndex(items)
+    first = {}  # key -> index of its first row
+    for i, item in enumerate(items):
+        first.setdefault(item.key, i)
+    pairs = []
+    for i, item in enumerate(items):
+        if first[item.key] != i:
+            continue  # an exact repeat: counted in `duplicates`
+        earlier = [(-sim, j) for sim, j in index.similar(item, i) if j < i]  # j < i: a different key
+        if earlier:
+            sim, j = min(earlier)
+            pairs.append((-sim, items[j], item))
+    pairs.sort(key=lambda pair: -pair[0])
+    return {
+        "near_duplicate_rows": len(pairs),
+        "near_duplicate_pairs": [
+            {"similarity": round(sim, 3), "first": _located(a), "second": _located(b)} for sim, a, b in pairs[:SHOW]
+        ],
+    }
+
+
+def _located(item: Item) -> dict[str, Any]:
+    """_show plus the line number ("file.jsonl:12" -> 12; None for a JSON array or Parquet row index)."""
+    name, _, line = item.example.source.rpartition(":")
+    return {**_show(item), "line": int(line) if name and line.isdigit() else None}
 
 
 def compare(

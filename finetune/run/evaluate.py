@@ -3,6 +3,7 @@
 examples  the run's own test split, recreated from its recipe and seed, or --data FILE
 task      lm (loss/perplexity on answer tokens) or classification (label ranking or generation)
 output    eval/metrics.json, eval/predictions.jsonl, eval/confusion.png (classification)
+answers   lm: greedy answers beside the references for a few rows, or all (answers.py)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from rich.text import Text
 from finetune.data.read import Example, load_examples, load_splits
 from finetune.data.tokenize import IGNORE, encode
 from finetune.errors import UserError
-from finetune.run import card, run_dir, scoring
+from finetune.run import answers, card, preference, run_dir, scoring
 from finetune.run.inference import TrainedRun, load_model
 
 
@@ -42,7 +43,9 @@ def choose_examples(run: TrainedRun, data: str | None, split: str, task: str, la
         if not examples:
             raise UserError(f"{run.path}: the run has no {split} split; pass --data FILE or --split validation")
     if task == "auto":
-        task = "classification" if fmt == "classification" else "lm"
+        task = {"classification": "classification", "preference": "preference"}.get(fmt, "lm")
+    if (task == "preference") != (fmt == "preference"):
+        raise UserError(f"--task {task} does not fit {fmt} data; preference pairs are scored with --task auto")
     if task == "classification":
         labels = labels or found_labels
         if not labels:  # rows whose label is outside the set were already refused by the data loader
@@ -64,9 +67,12 @@ def evaluate_run(
     out_dir: Path,
     console: Console,
     progress: bool = True,
+    generate: bool | None = None,
+    max_new_tokens: int | None = None,
 ) -> dict[str, Any]:
 
     examples, task, labels, source = choose_examples(run, data, split, task, labels)
+    new_tokens = answers.new_tokens(task, generate, max_new_tokens, run.recipe)  # lm: greedy answers' length
     if limit is not None:
         if limit <= 0:
             raise UserError(f"--limit must be positive (got {limit})")
@@ -76,6 +82,11 @@ def evaluate_run(
         raise UserError(f"--batch-size must be positive (got {batch_size})")
     max_length = run.recipe.data.max_length
     model, tokenizer = load_model(run)
+    if task == "preference":
+        results, rows = _score_preferences(run, model, tokenizer, examples, batch_size, compare_base, console, progress)
+        results["source"] = source
+        _write(out_dir, results, rows, labels)
+        return results
 
     def score(name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         with _progress_bar(console, name, len(examples), progress) as advance:
@@ -102,6 +113,13 @@ def evaluate_run(
         return result, rows
 
     finetuned, rows = score("fine-tuned")
+    chosen = answers.pick(task, examples, rows, generate)
+
+    def answer(name: str, key: str) -> None:  # lm: greedy answers beside the references (answers.py)
+        with _progress_bar(console, name, len(chosen), progress and bool(chosen), "generating") as advance:
+            answers.add(rows, key, chosen, examples, model, tokenizer, run.recipe.data, new_tokens, batch_size, advance)
+
+    answer("fine-tuned", "generated")
     unmatched = finetuned.get("unmatched", 0)
     if unmatched > len(examples) / 5:
         console.print(
@@ -112,9 +130,12 @@ def evaluate_run(
     results: dict[str, Any] = {"task": task, "source": source, "examples": len(examples), "finetuned": finetuned}
     if task == "classification":
         results["method"] = method
+    elif task == "lm":
+        results["answers"] = {"rows": len(chosen), "max_new_tokens": new_tokens}  # greedy, in predictions.jsonl
     if compare_base:
         with model.disable_adapter():
             base, base_rows = score("base")
+            answer("base", "base_generated")
         results["base"] = base
         for row, base_row in zip(rows, base_rows, strict=True):
             if task == "lm":
@@ -125,6 +146,30 @@ def evaluate_run(
     if out_dir.resolve() == (run.path / "eval").resolve():  # the card reads RUN/eval: keep it current
         card.write_card(run.path, run.recipe, run.metrics, run.path / run_dir.ADAPTER)
     return results
+
+
+def _score_preferences(run: TrainedRun, model, tokenizer, examples, batch_size, compare_base, console, progress):
+    """DPO/ORPO runs: preference and reward accuracy, reward margin (run/preference.py)."""
+    data, beta = run.recipe.data, run.recipe.preference.beta
+    triples, fits = preference.encode_pairs_for_scoring(examples, tokenizer, data.max_length, data.truncation)
+    reference = preference.load_reference(model, run.recipe.model.adapter)
+    passes = 3 if compare_base and reference != "base" else 2
+    with _progress_bar(console, "pairs", passes * len(triples), progress) as advance:
+        start = time.perf_counter()
+        scores, scored = preference.score_pairs(model, triples, beta, batch_size, compare_base, advance)
+    tuned = {k: v for k, v in scores.items() if k != "base_preference_accuracy"}
+    tuned["seconds"] = round(time.perf_counter() - start, 3)
+    tuned["dropped_too_long"] = len(examples) - len(triples)
+    results: dict[str, Any] = {"task": "preference", "examples": len(examples), "reference": reference}
+    results["finetuned"] = tuned
+    if compare_base:
+        results["base"] = {"preference_accuracy": scores["base_preference_accuracy"]}
+    pairs = iter(scored)
+    rows = [
+        {"input": _prompt_text(e), **(next(pairs) if ok else {"dropped": "does not fit max_length"})}
+        for e, ok in zip(examples, fits, strict=True)
+    ]
+    return results, rows
 
 
 def _classify(model, tokenizer, examples: list[Example], labels, max_length, batch_size, method, advance):
@@ -172,9 +217,9 @@ class _Rate(ProgressColumn):
 class _progress_bar:
     """A rich progress bar with throughput, as a context manager yielding an `advance(n)` callback."""
 
-    def __init__(self, console: Console, name: str, total: int, enabled: bool):
+    def __init__(self, console: Console, name: str, total: int, enabled: bool, verb: str = "scoring"):
         self.progress = Progress(
-            TextColumn(f"[bold]scoring {name}"),
+            TextColumn(f"[bold]{verb} {name}"),
             BarColumn(),
             MofNCompleteColumn(),
             _Rate(),

@@ -124,6 +124,38 @@ def test_near_duplicates_between_two_files(tmp_path):
     assert worst[1]["evaluation"]["location"] == "eval.jsonl:1" and report["leakage"]["threshold"] == 0.8
 
 
+def test_near_duplicates_within_one_file_with_their_line_numbers(tmp_path):
+    rows = [
+        {"text": PASSAGE},  # line 1
+        {"text": "Unrelated: central banks held rates steady as inflation cooled across most large economies."},
+        {"text": "A completely different row about mortgage rates and the housing market in spring and summer."},
+        {"text": PASSAGE.replace("seven", "eight")},  # line 4: one word changed, a near duplicate of line 1
+        {"text": PASSAGE.upper()},  # line 5: an exact copy of line 1, counted as such and not again as near
+    ]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    report = inspect(path)
+    assert report["duplicates"] == 1 and report["near_duplicate_rows"] == 1
+    (pair,) = report["near_duplicate_pairs"]  # the distinct rows 2 and 3 pair with nothing
+    assert (pair["first"]["line"], pair["second"]["line"]) == (1, 4) and 0.8 <= pair["similarity"] < 1
+    assert (pair["first"]["location"], pair["second"]["location"]) == ("d.jsonl:1", "d.jsonl:4")
+    assert pair["second"]["text"].startswith("The quarterly report")
+    # the console report lists the pair; --strict gates on bad rows only, as for exact duplicates
+    result = runner.invoke(app, ["data", "inspect", str(path), "--strict"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "1 rows nearly repeat an earlier row" in result.stdout and "d.jsonl:4 ~ d.jsonl:1" in result.stdout
+
+
+def test_distinct_rows_have_no_near_duplicates(tmp_path):
+    rows = [
+        {"text": PASSAGE},
+        {"text": "Unrelated: central banks held rates steady as inflation cooled across most large economies."},
+        {"text": " ".join(reversed(PASSAGE.split()))},  # the same words in another order: other shingles
+        {"text": PASSAGE.replace("seven percent", "a record")},  # two words out, two in: Jaccard below 0.8
+    ]
+    report = inspect(write_jsonl(tmp_path / "d.jsonl", rows))
+    assert (report["duplicates"], report["near_duplicate_rows"], report["near_duplicate_pairs"]) == (0, 0, [])
+
+
 def test_recipe_reports_a_test_row_copied_from_train(tmp_path, write_recipe):
     train = qa(12)
     test = [qa(12)[4], *qa(2, prefix="held-out")]
