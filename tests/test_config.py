@@ -185,3 +185,58 @@ def test_data_paths_are_stored_absolute_and_normalised(tmp_path):
     path = tmp_path / "recipes" / "r.yaml"
     path.write_text("model: {name: builtin:tiny-llama}\ndata: {path: ../data/./rows.jsonl}\n")
     assert load_recipe(path).data.path == str(tmp_path / "data" / "rows.jsonl")
+
+
+def test_the_runs_recipe_yaml_names_the_data_files_absolute_and_normalised(tmp_path):
+    """RUN/recipe.yaml (written as the training loop writes it) names the very files the run read, so it
+    loads from the run directory, and --resume compares it, whatever folder it is read from."""
+    import yaml
+
+    from finetune.run import run_dir
+
+    (tmp_path / "data").mkdir()
+    for name in ("train.jsonl", "val.jsonl"):
+        (tmp_path / "data" / name).write_text('{"text": "x"}\n')
+    (tmp_path / "recipes").mkdir()
+    path = tmp_path / "recipes" / "r.yaml"
+    path.write_text("model: {name: builtin:tiny-llama}\ndata: {train: ../data/./train.jsonl}\n")
+    recipe = load_recipe(path, ["data.validation=../recipes/../data//val.jsonl"])
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    run_dir.write_recipe(run, recipe.resolved_dict())
+    stored = yaml.safe_load((run / "recipe.yaml").read_text())["data"]
+    assert stored["train"] == str(tmp_path / "data" / "train.jsonl")
+    assert stored["validation"] == str(tmp_path / "data" / "val.jsonl")
+    assert load_recipe(run / "recipe.yaml").data.train == stored["train"]  # read back from another folder
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"train": {"objective": "ppo"}}, "train.objective: must be 'sft', 'dpo' or 'orpo'"),
+        ({"train": {"objective": "dpo"}, "data": {"path": "x.jsonl", "format": "chat"}}, "set data.format: preference"),
+        ({"data": {"path": "x.jsonl", "format": "preference"}}, "needs train.objective: dpo or orpo"),
+        (
+            {"train": {"objective": "orpo"}, "preference": {"loss_type": "ipo"}},
+            "preference.loss_type applies to dpo only",
+        ),
+        ({"train": {"objective": "dpo"}, "model": {"name": "m", "backend": "unsloth"}}, "runs on the hf backend"),
+        ({"train": {"objective": "dpo"}, "preference": {"beta": 0}}, "preference.beta"),
+        ({"train": {"objective": "dpo"}, "preference": {"loss_type": "kto"}}, "preference.loss_type"),
+        ({"train": {"objective": "dpo", "fsdp": True}}, "train.fsdp is not supported"),
+    ],
+)
+def test_preference_settings_are_checked(raw, message):
+    base = {"model": {"name": "builtin:tiny-llama"}, "data": {"path": "x.jsonl"}}
+    merged = {**base, **{k: {**base.get(k, {}), **v} for k, v in raw.items()}}
+    with pytest.raises(UserError, match=message):
+        validate_recipe(merged)
+
+
+def test_model_adapter_is_relative_to_the_working_directory(tmp_path, monkeypatch):
+    recipe_dir = tmp_path / "recipes"
+    recipe_dir.mkdir()
+    path = recipe_dir / "dpo.yaml"
+    path.write_text("model: {name: builtin:tiny-llama, adapter: runs/sft/../sft/adapter}\ndata: {path: x.jsonl}\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe(path).model.adapter == str(tmp_path / "runs" / "sft" / "adapter")
