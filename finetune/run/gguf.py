@@ -9,6 +9,8 @@ at about one tensor whatever the model size.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import math
 import os
@@ -109,15 +111,56 @@ def _k_quant(model_dir: Path, out_file: Path, outtype: str) -> Path:
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = getattr(llama_cpp, K_QUANTS[outtype])
         params.nthread = os.cpu_count() or 1
-        code = llama_cpp.llama_model_quantize(str(f16).encode(), str(quantized).encode(), params)
+        with _llama_log() as log:  # a line per tensor and per fallback otherwise (quant_note sums them up)
+            code = llama_cpp.llama_model_quantize(str(f16).encode(), str(quantized).encode(), params)
         if code != 0:
-            raise RuntimeError(f"llama.cpp's quantizer failed with code {code} for {outtype}")
+            raise RuntimeError(f"llama.cpp's quantizer failed with code {code} for {outtype}: {''.join(log[-3:])}")
         os.chmod(quantized, umask_mode(directory=False))
         os.replace(quantized, out_file)
     finally:
         f16.unlink(missing_ok=True)
         quantized.unlink(missing_ok=True)
     return out_file
+
+
+@contextlib.contextmanager
+def _llama_log():
+    """Collect llama.cpp's log lines instead of printing them, then give llama-cpp-python its logger back.
+    (Its logger's level cannot quiet them: it maps this llama.cpp's log levels one off, errors to debug.)"""
+    import llama_cpp
+
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def collect(level, text, user_data):
+        lines.append(text.decode("utf-8", errors="replace"))
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        own = getattr(getattr(llama_cpp, "_logger", None), "llama_log_callback", None)
+        llama_cpp.llama_log_set(own, ctypes.c_void_p(0))  # None: llama.cpp's default, stderr
+
+
+def quant_note(gguf_file: Path, outtype: str) -> str | None:
+    """One line when some weight matrices could not take `outtype`: their rows (ne0) do not split into its
+    blocks (256 for k-quants, 32 for q8_0), so llama.cpp kept them in another type (q5_0/q5_1/q8_0 for a
+    k-quant, f16 for q8_0). The file is valid; it is only larger than the type's name promises. Small
+    models hit it (Qwen2.5-0.5B's hidden 896, SmolLM2's 576, the tiny model's 64); None when all fit."""
+    block = 256 if outtype in K_QUANTS else 32 if outtype == "q8_0" else None
+    if block is None:
+        return None
+    matrices = [t for t in gguf.GGUFReader(gguf_file).tensors if len(t.shape) == 2]
+    odd = [t for t in matrices if int(t.shape[0]) % block]
+    if not odd:
+        return None
+    rows = ", ".join(str(n) for n in sorted({int(t.shape[0]) for t in odd}))
+    kept = ", ".join(sorted({t.tensor_type.name.lower() for t in odd}))
+    return (
+        f"{len(odd)} of {len(matrices)} weight matrices have rows of {rows} values, not a multiple of {outtype}'s "
+        f"block of {block}: they are stored as {kept}, so the file is larger than a full {outtype}"
+    )
 
 
 def write_modelfile(gguf_file: Path, chat_template: str | None, out: Path) -> Path:

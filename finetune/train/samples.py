@@ -9,6 +9,7 @@ samples. Costs train.sample_prompts x sample_max_new_tokens decoding steps per v
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ class SampleWriter(TrainerCallback):
         self.max_new_tokens = max_new_tokens
         self.max_length = max_length
         self.trackers = trackers
+        self.table_rows: list[list[Any]] = []  # every W&B sample row so far
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
         if not (self.prompts and state.is_world_process_zero and model is not None):
@@ -80,16 +82,41 @@ class SampleWriter(TrainerCallback):
         return self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
     def report(self, rows: list[dict[str, Any]], step: int) -> None:
-        """Into the experiment trackers the recipe names (their callbacks own the writers)."""
+        """Into the experiment trackers the recipe names, through the writers their trainer callbacks own
+        (both exist by the base's validation at step 0: the callbacks set them up at the first log)."""
         callbacks = list(getattr(self.handler, "callbacks", []))
         if "tensorboard" in self.trackers:
             writer = next((c.tb_writer for c in callbacks if getattr(c, "tb_writer", None) is not None), None)
-            if writer is not None:
-                text = "\n\n".join(f"**prompt** {r['prompt'][-300:]}\n\n**model** {r['generation']}" for r in rows)
-                writer.add_text("samples", text, step)
+            if writer is not None:  # the text summary, rendered as markdown in TensorBoard's Text tab
+                writer.add_text("samples", "\n\n---\n\n".join(map(_markdown, rows)), step)
+                writer.flush()
         if "wandb" in self.trackers:
             import wandb
 
             if wandb.run is not None:
-                columns = ["step", "prompt", "reference", "generation"]
-                wandb.log({"samples": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])})
+                # one table growing over the run (a logged table is immutable: log a new one each time),
+                # on the trainer's step axis (WandbCallback defines train/global_step as every metric's x)
+                self.table_rows += [[r[c] for c in TABLE_COLUMNS] for r in rows]
+                table = wandb.Table(columns=list(TABLE_COLUMNS), data=list(self.table_rows))
+                wandb.log({"samples": table, "train/global_step": step})
+
+
+TABLE_COLUMNS = ("step", "prompt", "reference", "generation")
+
+
+def _markdown(row: dict[str, Any]) -> str:
+    """One sample as markdown, each text verbatim in a fenced block (newlines kept, nothing interpreted)."""
+
+    def block(text: str) -> str:
+        longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+        fence = "`" * max(3, longest + 1)  # longer than any backtick run inside, so the text cannot close it
+        return f"{fence}\n{text}\n{fence}"
+
+    return "\n\n".join(
+        f"**{name}**\n\n{block(text)}"
+        for name, text in (
+            ("prompt", row["prompt"][-300:]),
+            ("reference", row["reference"][:300]),
+            ("model", row["generation"]),
+        )
+    )

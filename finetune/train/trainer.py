@@ -116,6 +116,7 @@ def orpo_classes():
     """(ORPOTrainer, ORPOConfig): in trl.experimental since TRL 1.x (tested with 1.16)."""
     from importlib.metadata import version
 
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # we chose it knowingly: no warning per run
     try:
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
     except ImportError:

@@ -154,3 +154,17 @@ def test_data_inspect_reports_sides_identical_and_near_identical_pairs(tmp_path,
     chosen = len(tiny_tokenizer(ROW["chosen"], add_special_tokens=False)["input_ids"]) + 1  # + EOS
     assert pairs["lengths"]["chosen"]["max"] == chosen and pairs["unit"] == "tokens"
     assert pairs["pairs_cut_to_fit"] + pairs["pairs_dropped_too_long"] > 0  # max_length 40 is too short
+
+
+def test_loss_png_gets_a_reward_panel_for_preference_runs(tmp_path):
+    import matplotlib.image
+
+    from finetune.run.run_dir import plot_loss
+
+    sft = [{"step": 0, "eval_loss": 0.69}, {"step": 2, "loss": 0.6}, {"step": 2, "eval_loss": 0.5}]
+    dpo = [*sft[:2], {**sft[2], "eval_rewards/accuracies": 0.8, "eval_rewards/margins": 0.3}]
+    plot_loss(sft, 2, tmp_path / "sft.png")
+    plot_loss(dpo, 2, tmp_path / "dpo.png")
+    sft_height = matplotlib.image.imread(tmp_path / "sft.png").shape[0]
+    dpo_height = matplotlib.image.imread(tmp_path / "dpo.png").shape[0]
+    assert dpo_height > 1.5 * sft_height  # a second panel below the losses
