@@ -230,28 +230,24 @@ def attach_lora(model, recipe: Recipe):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.enable_input_require_grads()
     if recipe.model.adapter is not None:
-        return continue_adapter(model, recipe.model.adapter, reference=recipe.train.objective == "dpo")
+        return continue_adapter(model, recipe.model.adapter)
     try:
         return get_peft_model(model, lora_config(recipe.lora))
     except ValueError as err:  # e.g. "Target modules {...} not found in the base model"
         raise UserError(f"lora.target_modules: {str(err).splitlines()[0]}") from err
 
 
-def continue_adapter(model, adapter: str, reference: bool):
-    """model.adapter: train that adapter further (its own LoRA settings; the recipe's lora section is
-    not used). For DPO a frozen second copy named "ref" is loaded too: TRL's DPOTrainer uses the
-    adapter called "ref" as the reference model, so DPO after SFT measures its rewards against the
-    SFT model, as the DPO paper prescribes, at the cost of one more adapter (megabytes), not a model."""
+def continue_adapter(model, adapter: str):
+    """model.adapter: train that adapter further, with its own LoRA settings (the recipe's lora section is
+    not used). For DPO, TRL's DPOTrainer (1.16) then copies it into a frozen adapter named "ref", its
+    reference model: DPO after SFT measures its rewards against the SFT model, as the DPO paper does."""
     from peft import PeftModel
 
     check_adapter_folder(adapter)
     try:
-        model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
-        if reference:
-            model.load_adapter(adapter, adapter_name="ref", is_trainable=False)
+        return PeftModel.from_pretrained(model, adapter, is_trainable=True)
     except (ValueError, RuntimeError, KeyError) as err:  # shapes or module names of another base model
         raise UserError(f"model.adapter: {adapter} does not fit {model.config.name_or_path} ({err})"[:400]) from err
-    return model
 
 
 def check_adapter_folder(adapter: str) -> None:
