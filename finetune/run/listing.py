@@ -31,7 +31,14 @@ from finetune.run import run_dir
 
 PARTIAL = "metrics.partial.json"
 CHECKPOINT_SEAL = "finetune-complete.json"  # train/resume.py MARKER: written last into a complete checkpoint
-TEST_METRICS = ("test_loss", "test_perplexity", "test_accuracy", "test_macro_f1")
+TEST_METRICS = (
+    "test_loss",
+    "test_perplexity",
+    "test_accuracy",
+    "test_macro_f1",
+    "test_preference_accuracy",
+    "test_base_preference_accuracy",
+)
 SORTS = ("newest", "name")
 
 
@@ -316,9 +323,13 @@ def test_text(test: dict[str, float]) -> str:
             ("test_perplexity", "ppl", ".1f"),
             ("test_accuracy", "acc", ".3f"),
             ("test_macro_f1", "F1", ".3f"),
+            ("test_preference_accuracy", "pref acc", ".3f"),
+            ("test_base_preference_accuracy", "(base", ".3f"),
         )
         if key in test
     ]
+    if "test_base_preference_accuracy" in test:
+        parts[-1] += ")"
     return " ".join(parts) or "-"
 
 

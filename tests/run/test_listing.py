@@ -126,3 +126,9 @@ def test_the_checkpoint_seal_is_the_one_training_writes():
     from finetune.train.resume import MARKER
 
     assert listing.CHECKPOINT_SEAL == MARKER
+
+
+def test_a_preference_run_shows_its_preference_accuracy_against_the_base():
+    test = {"test_loss": 0.006, "test_preference_accuracy": 0.968, "test_base_preference_accuracy": 0.452}
+    assert listing.test_text(test) == "loss 0.0060 pref acc 0.968 (base 0.452)"
+    assert listing.test_text({}) == "-"
