@@ -130,10 +130,11 @@ def _fit(recipe, run, console, prepared, device, backend, progress, callbacks, f
         stopper = EarlyStoppingCallback(recipe.early_stopping.patience, recipe.early_stopping.min_delta)
         trainer.add_callback(stopper)
     if recipe.spike_guard.enabled:
-        if objective == "sft":  # collapse: the loss of a model that predicts nothing
-            guard = SpikeGuard(recipe.spike_guard, events, uniform_loss=math.log(model.config.vocab_size))
-        else:  # the preference loss of a policy equal to its reference is ln 2 (spike_judge.py)
+        if objective == "dpo":  # the loss of a policy equal to its reference is ln 2 (spike_judge.py)
             guard = SpikeGuard(recipe.spike_guard, events, floor=math.log(2))
+        else:  # collapse: the loss of a model that predicts nothing; ORPO adds its odds term at even odds
+            even_odds = recipe.preference.beta * math.log(2) if objective == "orpo" else 0.0
+            guard = SpikeGuard(recipe.spike_guard, events, uniform_loss=math.log(model.config.vocab_size) + even_odds)
         trainer.spike_guard = guard
         trainer.add_callback(trainer.spike_guard)
     sealer = MarkComplete(fingerprint, events, sharded=trainer.is_fsdp_enabled, stopper=stopper)

@@ -166,8 +166,9 @@ def test_dpo_after_sft_continues_the_sft_adapter_and_takes_it_as_the_reference(t
     assert sum(abs(margin(row, "base_")) for row in rows) / len(rows) > 0.1
 
 
-def test_dpo_sigterm_then_resume_finishes_the_run(tmp_path):
-    recipe = pair_recipe(tmp_path, max_steps=12, eval_steps=2)
+@pytest.mark.parametrize("objective", ["dpo", "orpo"])
+def test_sigterm_then_resume_finishes_the_run(tmp_path, objective):
+    recipe = pair_recipe(tmp_path, objective, max_steps=12, eval_steps=2)
     run = tmp_path / "run"
     args = [sys.executable, "-m", "finetune", "train", str(recipe), "-o", str(run), "-q"]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
@@ -183,17 +184,17 @@ def test_dpo_sigterm_then_resume_finishes_the_run(tmp_path):
     assert "test_preference_accuracy" in metrics
 
 
-def test_dpo_on_two_processes(tmp_path):
-    result = CliRunner().invoke(
-        app, ["train", str(pair_recipe(tmp_path)), "-o", str(tmp_path / "ddp"), "--nproc", "2", "-q"]
-    )
+@pytest.mark.parametrize("objective", ["dpo", "orpo"])
+def test_two_processes(tmp_path, objective):
+    recipe = pair_recipe(tmp_path, objective)
+    result = CliRunner().invoke(app, ["train", str(recipe), "-o", str(tmp_path / "ddp"), "--nproc", "2", "-q"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["effective_batch_size"] == 8
     assert "test_preference_accuracy" in metrics
 
 
-def test_the_spike_guard_watches_the_preference_loss(tmp_path):
+def test_the_spike_guard_watches_the_dpo_loss(tmp_path):
     """A learning rate that wrecks the pairs keeps the preference loss above ln 2 (worse than the reference):
     with a strict factor those steps are spikes, skipped and rolled back, and each one is above the floor."""
     recipe = pair_recipe(tmp_path, max_steps=30, eval_steps=10, learning_rate=1000)
@@ -206,3 +207,13 @@ def test_the_spike_guard_watches_the_preference_loss(tmp_path):
     assert spikes, result.output
     assert all(event["loss"] > math.log(2) for event in spikes)  # never below the floor
     assert any(event["type"] in ("rollback", "diverged") for event in events)
+
+
+def test_orpo_with_a_learning_rate_that_wrecks_the_model_is_caught(tmp_path):
+    """ORPO's loss is an NLL: a collapsed model sits at ln(vocabulary) + beta ln 2 (even odds), which the
+    guard calls a collapse, rolls back, and finally stops the run as diverged (exit 1), as for SFT."""
+    recipe = pair_recipe(tmp_path, "orpo", max_steps=30, eval_steps=10, learning_rate=1000)
+    result = CliRunner().invoke(app, ["train", str(recipe), "-o", str(tmp_path / "run"), "-q"])
+    events = json.loads((tmp_path / "run" / "metrics.partial.json").read_text())["events"]
+    assert any(event["type"] == "collapse" for event in events), result.output
+    assert result.exit_code == 1 and "collapsed" in result.output
