@@ -16,7 +16,9 @@ from finetune.errors import UserError
 @app.command("vram-estimate")
 @handle_errors
 def vram_estimate(
-    recipe: Annotated[Path | None, typer.Argument(help="Recipe YAML (optional): estimate exactly this run.")] = None,
+    recipe: Annotated[
+        Path | None, typer.Argument(help="Recipe YAML or shipped recipe name (optional): estimate exactly this run.")
+    ] = None,
     model: Annotated[str | None, typer.Option("--model", help="Hub id, local directory or builtin:tiny-llama.")] = None,
     method: Annotated[str | None, typer.Option("--method", help="full | lora | qlora")] = None,
     lora_r: Annotated[int | None, typer.Option("--lora-r", help="LoRA rank.")] = None,
@@ -31,7 +33,14 @@ def vram_estimate(
     ] = None,
     dtype: Annotated[str | None, typer.Option("--dtype", help="Compute dtype: bf16 | fp16 | fp32.")] = None,
     loss_impl: Annotated[
-        str | None, typer.Option("--loss-impl", help="fused (TRL, this tool) | full (materialised logits).")
+        str | None,
+        typer.Option("--loss-impl", help="fused (TRL, this tool) | full (materialised logits) | liger (Liger's loss)."),
+    ] = None,
+    kernels: Annotated[
+        str | None, typer.Option("--kernels", help="liger | none: Liger's RMSNorm/SwiGLU/RoPE kernels (model.kernels).")
+    ] = None,
+    objective: Annotated[
+        str | None, typer.Option("--objective", help="sft | dpo | orpo (train.objective): dpo/orpo run pairs.")
     ] = None,
     gpu: Annotated[str | None, typer.Option("--gpu", help="Only this GPU, e.g. T4, A100 80GB.")] = None,
     gpu_memory: Annotated[float | None, typer.Option("--gpu-memory", help="Usable GiB of your GPU.")] = None,
@@ -48,8 +57,9 @@ def vram_estimate(
     """
     from finetune.config import load_recipe
     from finetune.model.loading import quiet_libraries
+    from finetune.paths import find_recipe
     from finetune.train.measure import compare, measure
-    from finetune.vram import estimator
+    from finetune.vram import estimator, render
     from finetune.vram.architectures import load_spec
 
     if method is not None and method not in estimator.METHODS:
@@ -65,13 +75,15 @@ def vram_estimate(
             "train.optimizer": optimizer,
             "model.dtype": dtype,
             "model.name": model,
+            "model.kernels": kernels,
+            "train.objective": objective,
             "quant.method": {"lora": "none", "qlora": "nf4"}.get(method or ""),
             "lora.target_modules": f"[{lora_targets}]"
             if lora_targets and lora_targets != "all-linear"
             else lora_targets,
         }
         flags = [f"{key}={value}" for key, value in as_keys.items() if value not in (None, "")]
-        loaded = load_recipe(recipe, [*(set_ or []), *flags])
+        loaded = load_recipe(find_recipe(recipe), [*(set_ or []), *flags])
         setup, model_id = estimator.setup_from_recipe(loaded), loaded.model.name
         setup = dataclasses.replace(
             setup, **({"method": method} if method == "full" else {}), **({"loss_impl": loss_impl} if loss_impl else {})
@@ -88,6 +100,8 @@ def vram_estimate(
             "optimizer": optimizer,
             "dtype": dtype,
             "loss_impl": loss_impl,
+            "kernels": kernels,
+            "objective": objective,
             "lora_targets": tuple(t.strip() for t in lora_targets.split(","))
             if lora_targets and lora_targets != "all-linear"
             else lora_targets,
@@ -100,15 +114,18 @@ def vram_estimate(
     gpus = select_gpus(gpu, gpu_memory)
     comparison = None
     if measure_steps:
-        if loaded is None or setup.method == "full" or setup.loss_impl != "fused":
-            raise UserError("--measure needs a RECIPE and measures this tool's own path (lora/qlora, fused loss)")
+        if loaded is None or setup.method == "full" or setup.loss_impl != "fused" or setup.objective != "sft":
+            raise UserError(
+                "--measure needs a RECIPE and measures this tool's own sft path (lora/qlora, fused loss); "
+                "dpo/orpo are estimated only"
+            )
         quiet_libraries(verbose=False)
         with stdout_to_stderr():  # libraries that print while loading must not reach stdout (--json)
             comparison = compare(result, measure(loaded))
     if json_output:
         emit_json({**result.to_json(gpus), **({"measured": comparison} if comparison else {})})
         return
-    estimator.render_table(result, out, gpus)
+    render.render_table(result, out, gpus)
     for name, gib in (gpus if (gpu or gpu_memory) else dict(list(estimator.GPUS.items())[:1])).items():
         for tip in estimator.advise(spec, setup, int(gib * estimator.GiB)):
             out.print(f"[yellow]to fit {name}:[/] {tip}")

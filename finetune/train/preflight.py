@@ -7,6 +7,7 @@ from rich.console import Console
 from finetune.config import Recipe
 from finetune.errors import UserError
 from finetune.model.devices import fsdp_active, world_size
+from finetune.model.kernels import resolve_kernels
 from finetune.vram import estimator
 from finetune.vram.architectures import load_spec
 
@@ -20,12 +21,14 @@ def preflight(recipe: Recipe, model_path: str, console: Console, force: bool, ba
     """
     import torch
 
+    # model.kernels: liger that cannot run (no package, no GPU, Unsloth) fails here, before any weight is read
+    kernels = resolve_kernels(recipe.model.kernels, backend, torch.cuda.is_available())
     try:
         spec = load_spec(model_path)
     except UserError as err:  # an architecture the estimator does not know: train anyway
         console.print(f"[yellow]note:[/] no VRAM estimate ({err})")
         return
-    setup = estimator.setup_from_recipe(recipe)
+    setup = estimator.setup_from_recipe(recipe, kernels=kernels)
     estimate = estimator.estimate(spec, setup, model=recipe.model.name)
     line = f"VRAM estimate: {estimate.total_bytes / estimator.GiB:.2f} GiB on the GPU (peak, as nvidia-smi shows it)"
     if not torch.cuda.is_available():

@@ -17,6 +17,7 @@ seq 512/2048, checkpointing on/off, batch 1/4, fused and full loss): peak alloca
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 from dataclasses import asdict, dataclass, field, replace
@@ -24,6 +25,7 @@ from typing import Any
 
 from finetune.errors import UserError
 from finetune.vram import components as vc
+from finetune.vram import liger
 from finetune.vram.architectures import ArchitectureSpec, lora_targets
 
 GiB = 1024**3
@@ -55,6 +57,7 @@ GPUS: dict[str, float] = {
 }
 
 METHODS = ("full", "lora", "qlora")
+OBJECTIVES = ("sft", "dpo", "orpo")
 OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd")
 PAGED = ("paged_adamw_8bit", "paged_adamw_32bit")
 
@@ -73,8 +76,11 @@ class TrainingSetup:
     optimizer: str = "adamw_torch"
     dtype: str = "bf16"  # compute dtype
     double_quant: bool = True
-    loss_impl: str = "fused"  # fused (TRL SFTTrainer) | full (materialised logits)
+    loss_impl: str = "fused"  # fused (TRL SFTTrainer) | full (materialised logits) | liger (Liger's fused loss)
+    kernels: str = "none"  # none | liger: Liger's RMSNorm/SwiGLU/RoPE kernels (vram/liger.py)
     attn_implementation: str = "sdpa"  # sdpa | eager (flash_attention_2 is counted as sdpa)
+    objective: str = "sft"  # sft | dpo | orpo: dpo/orpo put chosen and rejected through one forward
+    precompute_ref: bool = False  # dpo: reference log-probs scored once before training (no reference forward)
     dropout_mask_bytes: int = 1  # 1 on CUDA (bool mask); tests on CPU set 4
 
     def validate(self) -> TrainingSetup:
@@ -87,8 +93,10 @@ class TrainingSetup:
             "method": METHODS,
             "optimizer": OPTIMIZERS,
             "dtype": tuple(vc.DTYPE_BYTES),
-            "loss_impl": ("fused", "full"),
+            "loss_impl": ("fused", "full", "liger"),
+            "kernels": liger.KERNELS,
             "attn_implementation": ("sdpa", "eager", "flash_attention_2"),
+            "objective": OBJECTIVES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -98,9 +106,16 @@ class TrainingSetup:
         return self
 
 
-def setup_from_recipe(recipe: Any) -> TrainingSetup:
-    """Map a finetune.config.Recipe onto the estimator's knobs (quant none -> lora, nf4/fp4 -> qlora)."""
+def setup_from_recipe(recipe: Any, kernels: str | None = None) -> TrainingSetup:
+    """Map a finetune.config.Recipe onto the estimator's knobs (quant none -> lora, nf4/fp4 -> qlora).
+
+    `kernels`: what the run resolved model.kernels to; by default model.kernels as a GPU run with the hf backend
+    resolves it (auto = liger when liger-kernel is installed)."""
     targets = recipe.lora.target_modules
+    if kernels is None:
+        wanted, backend = recipe.model.kernels, recipe.model.backend
+        auto = wanted == "auto" and backend != "unsloth" and importlib.util.find_spec("liger_kernel") is not None
+        kernels = "liger" if wanted == "liger" or auto else "none"
     return TrainingSetup(
         method="lora" if recipe.quant.method == "none" else "qlora",
         lora_r=recipe.lora.r,
@@ -113,6 +128,9 @@ def setup_from_recipe(recipe: Any) -> TrainingSetup:
         dtype="bf16" if recipe.model.dtype == "auto" else recipe.model.dtype,
         double_quant=recipe.quant.double_quant,
         attn_implementation=recipe.model.attn_implementation,
+        kernels=kernels,
+        objective=recipe.train.objective,
+        precompute_ref=recipe.train.objective == "dpo" and recipe.preference.precompute_ref_log_probs,
     )
 
 
@@ -161,7 +179,13 @@ def estimate(spec: ArchitectureSpec, setup: TrainingSetup, model: str = "") -> E
     setup.validate()
     c = vc.DTYPE_BYTES[setup.dtype]
     comps: dict[str, vc.Component] = {}
-    b, s, t = setup.micro_batch_size, setup.seq_len, setup.micro_batch_size * setup.seq_len
+    # DPO/ORPO: TRL concatenates each pair's chosen and rejected sequences into one forward of 2 x micro-batch
+    # rows, each padded to seq_len: every activation and logits term below sees twice the rows of SFT.
+    rows = 2 if setup.objective in ("dpo", "orpo") else 1
+    b, s = setup.micro_batch_size * rows, setup.seq_len
+    t = b * s
+    # TRL's ORPOTrainer (trl.experimental, 1.16) runs the model for its full logits; DPOTrainer uses the fused head.
+    loss_impl = "full" if setup.objective == "orpo" else setup.loss_impl
     targets = None if setup.method == "full" else lora_targets(spec, setup.lora_r, setup.lora_targets)
     total = spec.total_params()
 
@@ -190,6 +214,10 @@ def estimate(spec: ArchitectureSpec, setup: TrainingSetup, model: str = "") -> E
         trainable = sum(x.params for x in targets)
         sizes = vc.lora_param_sizes(targets)
         comps["lora_params"] = vc.Component(trainable * 4, "adapter weights in fp32 (peft autocast_adapter_dtype)")
+        if setup.objective == "dpo":
+            comps["reference_adapter"] = vc.Component(
+                trainable * 4, "DPO: TRL copies the adapter into a frozen 'ref' adapter, its reference (fp32)"
+            )
         comps["lora_grads"] = vc.Component(trainable * 4, "adapter gradients, fp32 like the adapters")
         state_bytes = vc.optimizer_state_bytes(setup.optimizer, sizes, 4)
     else:
@@ -211,9 +239,12 @@ def estimate(spec: ArchitectureSpec, setup: TrainingSetup, model: str = "") -> E
     attn = "eager" if setup.attn_implementation == "eager" else "sdpa"
     dropout = setup.lora_dropout > 0 and targets is not None
     per_layer = {sparse: vc.layer_saved(spec, b, s, dtypes, attn, targets, dropout, sparse) for sparse in (False, True)}
+    if setup.kernels == "liger":  # Liger's RMSNorm and SwiGLU keep less (vram/liger.py)
+        per_layer = {sparse: saved - liger.layer_saving(spec, t, dtypes, sparse) for sparse, saved in per_layer.items()}
     all_layers = spec.dense_layers * per_layer[False] + spec.sparse_layers * per_layer[True]
     biggest_layer = max(per_layer[False] if spec.dense_layers else 0, per_layer[True] if spec.sparse_layers else 0)
     final_norm = t * spec.hidden_size * 4 + t * 4  # RMSNorm keeps its input upcast to fp32 and the rsqrt
+    final_norm = liger.final_norm_saved(t, spec.hidden_size, residual) if setup.kernels == "liger" else final_norm
     # Shared by every layer: RoPE cos/sin [s, d] (in the residual dtype) and autocast's cached compute-dtype copies
     # of the adapter weights (kept for backward, torch autocast weight cache).
     shared = 2 * s * spec.head_dim * residual + (sum(x.params for x in targets) * c if targets else 0)
@@ -228,25 +259,39 @@ def estimate(spec: ArchitectureSpec, setup: TrainingSetup, model: str = "") -> E
         )
     else:
         kept = all_layers + final_norm + shared
-        comps["activations"] = vc.Component(kept, f"kept for backward: {spec.num_layers} layers, {attn} attention")
+        liger_on = ", Liger RMSNorm/SwiGLU" if setup.kernels == "liger" else ""
+        comps["activations"] = vc.Component(
+            kept, f"kept for backward: {spec.num_layers} layers, {attn} attention{liger_on}"
+        )
         recompute = 0
     dequant = _largest_linear(spec) * c if setup.method == "qlora" else 0  # bnb dequantizes one weight at a time
     layer_bwd = vc.layer_backward_transient(spec, t, dtypes) + dequant
     comps["backward_transients"] = vc.Component(layer_bwd, "one layer's gradients in flight (+ a dequantized weight)")
 
     # ---- logits and loss
-    if setup.loss_impl == "fused":
+    if loss_impl == "fused":
         loss = vc.fused_loss_peak(spec, b, s, dtypes, head_bytes)
         why = f"TRL fused LM head: [{min(t, vc.TRL_TOKEN_CHUNK)} x {vc.TRL_VOCAB_CHUNK}] tiles, no full logits"
+    elif loss_impl == "liger":
+        loss = liger.flce_peak(spec, b, s, dtypes, head_bytes)
+        why = f"Liger fused linear cross-entropy: [{liger.flce_chunk(t, spec.hidden_size, spec.vocab_size)} x V] chunks"
     else:
         loss = vc.full_logits_peak(spec, b, s, dtypes, head_bytes)
         why = f"full logits b*s*V ({t:,} x {spec.vocab_size:,}): fp32 log_softmax + 2 fp32 grads at backward"
     comps["logits_loss"] = vc.Component(loss, why)
+    # DPO's reference forward comes first in each step, under no_grad with checkpointing off: nothing is kept,
+    # so its peak is one layer's working set plus the fused head's tiles, on top of static memory.
+    reference = 0
+    if setup.objective == "dpo" and not setup.precompute_ref:
+        reference = vc.reference_forward_peak(spec, t, dtypes, dequant, loss)
+        comps["reference_forward"] = vc.Component(
+            reference, "DPO reference forward (adapter off, no_grad): one layer's working set + the fused head"
+        )
     comps["framework"] = vc.Component(FRAMEWORK_BYTES, "cuBLAS workspaces, RNG and optimizer bookkeeping")
 
     # ---- peaks
     weights = sum(v.bytes for k, v in comps.items() if k.startswith("weights"))
-    params = comps["lora_params"].bytes if "lora_params" in comps else 0
+    params = sum(comps[k].bytes for k in ("lora_params", "reference_adapter") if k in comps)
     grads = comps.get("lora_grads", comps.get("gradients")).bytes
     states = 0 if paged else state_bytes
     static = weights + params + states + FRAMEWORK_BYTES
@@ -256,9 +301,10 @@ def estimate(spec: ArchitectureSpec, setup: TrainingSetup, model: str = "") -> E
     # Loading: prepare_model_for_kbit_training upcasts one tensor at a time, so the largest bf16 tensor (the
     # embedding) and its fp32 copy coexist once (measured: within 3% of the load peak on an H200).
     load_peak = weights + params + (spec.embedding_numel() * c if setup.method == "qlora" else 0)
-    peak = max(forward_peak, backward_peak, optimizer_peak, load_peak)
+    reference_peak = static + reference  # before the policy forward: no activations kept yet
+    peak = max(forward_peak, backward_peak, optimizer_peak, load_peak, reference_peak)
     reserved = int(peak * FRAGMENTATION) + RESERVED_SLACK_BYTES
-    if setup.loss_impl == "full":
+    if loss_impl == "full":
         # The freed compute-dtype logits block stays cached and cannot serve the fp32 [T, V] buffers (measured).
         reserved += t * spec.vocab_size * c
     unaccounted = state_bytes if paged else 0
@@ -375,41 +421,3 @@ def _largest(make, upper: int, spec: ArchitectureSpec, memory_bytes: int, minimu
         else:
             hi = mid - 1
     return lo
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Rendering
-
-
-def render_table(est: Estimate, console: Any, gpus: dict[str, float] | None = None) -> None:
-    """Components table and GPU fit table with rich (imported here: keeps `import finetune.vram` light)."""
-    from rich.table import Table
-
-    table = Table(
-        title=f"VRAM estimate: {est.model or 'model'} ({est.setup.method}, b={est.setup.micro_batch_size}, "
-        f"seq={est.setup.seq_len}, checkpointing={'on' if est.setup.gradient_checkpointing else 'off'})"
-    )
-    table.add_column("component")
-    table.add_column("GiB", justify="right")
-    table.add_column("what it is")
-    for name, comp in est.components.items():
-        table.add_row(name, f"{comp.bytes / GiB:.2f}", comp.why)
-    table.add_section()
-    table.add_row("peak allocated", f"{est.peak_allocated_bytes / GiB:.2f}", "torch.cuda.max_memory_allocated")
-    table.add_row("peak reserved", f"{est.peak_reserved_bytes / GiB:.2f}", "torch.cuda.max_memory_reserved")
-    table.add_row(
-        "total", f"{est.total_bytes / GiB:.2f}", "what nvidia-smi shows (reserved + context + paged)", style="bold"
-    )
-    console.print(table)
-    console.print(
-        f"parameters: {est.total_params:,} total, {est.trainable_params:,} trainable "
-        f"({100 * est.trainable_params / max(est.total_params, 1):.2f}%)"
-    )
-    fit = Table(title="GPU fit")
-    fit.add_column("GPU")
-    fit.add_column("GiB usable", justify="right")
-    fit.add_column("fits")
-    for name, gib in (gpus or GPUS).items():
-        ok = fits(est, int(gib * GiB))
-        fit.add_row(name, f"{gib:.1f}", "[green]yes[/green]" if ok else "[red]no[/red]")
-    console.print(fit)

@@ -9,7 +9,7 @@ from finetune.data.read import load_splits
 from finetune.data.tokenize import IGNORE
 from finetune.model import loading
 from finetune.train.prepare import prepare
-from finetune.train.trainer import trainer_config, trainer_class
+from finetune.train.trainer import trainer_class, trainer_config
 
 
 def test_collated_batches_keep_the_prompt_masked(write_recipe, tmp_path):

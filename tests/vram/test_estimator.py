@@ -17,7 +17,8 @@ import torch
 from finetune.errors import UserError
 from finetune.vram import components as vc
 from finetune.vram.architectures import spec_from_config
-from finetune.vram.estimator import GPUS, TrainingSetup, advise, estimate, fits, render_table, setup_from_recipe
+from finetune.vram.estimator import GPUS, TrainingSetup, advise, estimate, fits, setup_from_recipe
+from finetune.vram.render import render_table
 
 # Small but not tiny: hidden 128 makes 128 x 320 weights whose block counts are not multiples of 256.
 SMALL = {
@@ -310,3 +311,72 @@ def test_advice_combines_fixes_that_only_fit_together():
         "--set train.gradient_checkpointing=true"
     ]
     assert not [tip for tip in advise(spec, setup, 70 * 2**30) if tip.startswith("together")], "one fix suffices"
+
+
+# --- preference objectives: one component or rule each -----------------------------------------------
+
+
+def test_dpo_and_orpo_put_both_sides_of_a_pair_through_one_forward():
+    spec = spec_from_config(SMALL)
+    sft = estimate(spec, TrainingSetup(micro_batch_size=2, seq_len=64, gradient_checkpointing=False))
+    doubled = estimate(spec, TrainingSetup(micro_batch_size=4, seq_len=64, gradient_checkpointing=False))
+    for objective in ("dpo", "orpo"):
+        pairs = estimate(
+            spec, TrainingSetup(micro_batch_size=2, seq_len=64, gradient_checkpointing=False, objective=objective)
+        )
+        assert pairs.components["activations"].bytes == doubled.components["activations"].bytes
+        assert pairs.components["activations"].bytes > sft.components["activations"].bytes
+
+
+def test_dpo_reference_forward_keeps_nothing_and_is_gone_when_precomputed():
+    spec = spec_from_config(SMALL)
+    setup = TrainingSetup(micro_batch_size=2, seq_len=64, objective="dpo")
+    est = estimate(spec, setup)
+    ref = est.components["reference_forward"].bytes
+    t, h, i = 4 * 64, SMALL["hidden_size"], SMALL["intermediate_size"]
+    dequant = max(x.in_features * x.out_features for x in spec.layer_linears(sparse=False)) * 2
+    head = est.components["logits_loss"].bytes
+    assert ref == 2 * t * h * 4 + 2 * t * i * 2 + dequant + head  # residual in/out (fp32 in qlora), gate+up, tiles
+    assert ref < est.components["activations"].bytes + est.components["activations_recompute"].bytes + head
+    assert (
+        "reference_forward"
+        not in estimate(
+            spec, TrainingSetup(micro_batch_size=2, seq_len=64, objective="dpo", precompute_ref=True)
+        ).components
+    )
+    assert (
+        "reference_forward"
+        not in estimate(spec, TrainingSetup(micro_batch_size=2, seq_len=64, objective="orpo")).components
+    )
+
+
+def test_dpo_holds_a_frozen_copy_of_the_adapter_as_its_reference():
+    spec = spec_from_config(SMALL)
+    dpo = estimate(spec, TrainingSetup(objective="dpo"))
+    assert dpo.components["reference_adapter"].bytes == dpo.components["lora_params"].bytes
+    assert "reference_adapter" not in estimate(spec, TrainingSetup(objective="orpo")).components
+
+
+def test_orpo_materialises_the_logits_of_both_sides():
+    spec = spec_from_config(dict(SMALL, vocab_size=5000))
+    orpo = estimate(spec, TrainingSetup(micro_batch_size=2, seq_len=64, objective="orpo"))
+    dtypes = vc.ActivationDtypes(residual=4, proj=4, compute=2, mask=1)
+    assert orpo.components["logits_loss"].bytes == vc.full_logits_peak(spec, 4, 64, dtypes, head_bytes=4)
+
+
+def test_the_recipe_sets_the_objective(write_recipe):
+    from finetune.config import load_recipe
+
+    recipe = load_recipe(
+        write_recipe(
+            {
+                "train": {"objective": "dpo"},
+                "preference": {"precompute_ref_log_probs": True},
+                "data": {"path": "x.jsonl"},
+            }
+        )
+    )
+    setup = setup_from_recipe(recipe)
+    assert (setup.objective, setup.precompute_ref) == ("dpo", True)
+    with pytest.raises(UserError, match="objective must be one of sft, dpo, orpo"):
+        TrainingSetup(objective="ppo").validate()
