@@ -22,7 +22,8 @@ loss is the step's summed token loss divided by the step's answer-token count (n
 so the gradients of the groups add up to the micro-batch's, up to float rounding: the same examples
 in the same steps with the same loss, without the padding and the mask.
 
-Where. One process on the CPU, SFT on padded batches (packing has no padding). Not under DDP/FSDP (each
+Where. One process on the CPU, SFT with grouped batches (data.packing: auto without flash-attention;
+packing has no padding, and data.packing: off asks for plain padded batches). Not under DDP/FSDP (each
 group's backward would all-reduce) and not on a GPU: not measured there, so nothing changes.
 """
 
@@ -137,7 +138,9 @@ class SubBatches:
     row_cost: RowCost | None = None
 
     def _on_one_cpu(self) -> bool:
-        return self.args.world_size == 1 and self.args.device.type == "cpu"
+        """One process on the CPU, grouped batches (data.packing: off keeps plain padded batches)."""
+        grouped = getattr(self.args, "train_sampling_strategy", None) == "batch_rebalance"
+        return grouped and self.args.world_size == 1 and self.args.device.type == "cpu"
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         if self._on_one_cpu() and prediction_loss_only:

@@ -27,7 +27,8 @@ def test_eval_answers_the_first_three_scored_rows_by_default(quickstart_run, tmp
     scored = [i for i, row in enumerate(rows) if "loss" in row]
     answered = [i for i, row in enumerate(rows) if "generated" in row]
     assert answered == scored[:3] and len(scored) > 3
-    outputs = {json.loads(line)["output"] for line in (ROOT / "data" / "finance_qa.jsonl").read_text().splitlines()}
+    chats = [json.loads(line)["messages"] for line in (ROOT / "data" / "finance_chat.jsonl").read_text().splitlines()]
+    outputs = {m["content"] for chat in chats for m in chat if m["role"] == "assistant"}  # the quickstart's data
     for i in answered:
         assert isinstance(rows[i]["generated"], str) and rows[i]["reference"] in outputs
     assert not any("reference" in row or "base_generated" in row for row in rows if "generated" not in row)

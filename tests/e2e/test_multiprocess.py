@@ -10,28 +10,31 @@ from finetune.cli import app
 from tests.conftest import ROOT, train_run
 
 QUICK = ROOT / "recipes" / "quickstart.yaml"
+# One epoch of the quickstart's 16 training rows at 2 rows a micro-batch: 8 steps on one process, 4 on two
+ONE_EPOCH = ("train.epochs=1", "train.micro_batch_size=2")
 
 
 def test_two_processes_train_one_run_with_half_the_steps(tmp_path):
     result = CliRunner().invoke(
-        app, ["train", str(QUICK), "-o", str(tmp_path / "ddp"), "--nproc", "2", "-q", "--set", "train.epochs=1"]
+        app,
+        ["train", str(QUICK), "-o", str(tmp_path / "ddp"), "--nproc", "2", "-q", *[f"--set={o}" for o in ONE_EPOCH]],
     )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
     ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
-    assert ddp["world_size"] == 2 and ddp["effective_batch_size"] == 16
+    assert ddp["world_size"] == 2 and ddp["effective_batch_size"] == 4
 
     # The same recipe on one process takes twice the steps (each rank sees half of every global batch).
-    single = json.loads((train_run(tmp_path / "single", QUICK, "train.epochs=1") / "metrics.json").read_text())
+    single = json.loads((train_run(tmp_path / "single", QUICK, *ONE_EPOCH) / "metrics.json").read_text())
     trained = single["tokenization"]["train"]
     rows = trained["examples"] - trained["dropped_too_long"] - trained["dropped_no_target"]
-    assert single["global_step"] == math.ceil(rows / 8) and ddp["global_step"] == math.ceil(rows / 16)
+    assert single["global_step"] == math.ceil(rows / 2) and ddp["global_step"] == math.ceil(rows / 4)
     assert single["epochs_completed"] == ddp["epochs_completed"] == 1.0
     # Both saw the training split once: the token count is summed over the ranks (the sampler repeats
     # an example to split the rows evenly, hence not exactly equal).
     assert ddp["throughput"]["train_tokens"] == pytest.approx(single["throughput"]["train_tokens"], rel=1e-2)
-    # With the same global batch (8 x 2 accumulation on one process), the validation loss is close.
-    same_batch = train_run(tmp_path / "same", QUICK, "train.epochs=1", "train.gradient_accumulation=2")
+    # With the same global batch (2 x 2 accumulation on one process), the validation loss is close.
+    same_batch = train_run(tmp_path / "same", QUICK, *ONE_EPOCH, "train.gradient_accumulation=2")
     reference = json.loads((same_batch / "metrics.json").read_text())
     assert reference["global_step"] == ddp["global_step"]
     assert ddp["best_eval_loss"] == pytest.approx(reference["best_eval_loss"], rel=2e-2)

@@ -17,7 +17,14 @@ from tests.conftest import ROOT, train_run
 
 QUICK = ROOT / "recipes" / "quickstart.yaml"
 # One epoch: 40 steps, a validation and a checkpoint every 8.
-SETTINGS = ["train.epochs=1", "train.learning_rate=1e-3"]
+# One epoch of the quickstart at one row per step (16 steps), a checkpoint every 4, without early stopping
+SETTINGS = [
+    "train.epochs=1",
+    "train.micro_batch_size=1",
+    "train.eval_steps=4",
+    "train.learning_rate=1e-3",
+    "early_stopping.enabled=false",
+]
 
 
 def start(run: Path, *extra: str) -> subprocess.Popen:

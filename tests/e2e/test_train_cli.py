@@ -56,10 +56,15 @@ def test_quickstart_writes_a_complete_run_directory(quickstart_run):
     ):
         assert key in metrics, key
     assert metrics["world_size"] == 1 and metrics["backend"] == "hf"
-    assert metrics["splits"] == {"train": 320, "validation": 40, "test": 40}
+    assert metrics["splits"] == {"train": 18, "validation": 21, "test": 21}
     evals = [row["eval_loss"] for row in metrics["history"] if "eval_loss" in row]
     assert metrics["best_eval_loss"] == pytest.approx(min(evals))
     assert metrics["best_eval_loss"] < evals[0] - 0.3, "the quickstart must visibly learn"
+    # ... and then overfit its 18 conversations: the validation loss turns up, early stopping ends the run
+    # before max_steps, and the adapter kept is the best step's (patience 2: two validations after it)
+    assert metrics["stopped_early"] is True and metrics["global_step"] < metrics["planned_steps"]
+    assert evals[-1] > metrics["best_eval_loss"] and evals[-2] > metrics["best_eval_loss"]
+    assert metrics["best_step"] < metrics["global_step"]
     assert any("loss" in row for row in metrics["history"])
     assert metrics["test_perplexity"] == pytest.approx(2.718281828 ** metrics["test_loss"], rel=1e-6)
     assert {"torch", "transformers", "peft", "trl", "bitsandbytes"} <= set(metrics["versions"])
@@ -76,12 +81,12 @@ def test_quickstart_writes_a_complete_run_directory(quickstart_run):
     assert all(isinstance(row["generation"], str) and row["reference"] for row in samples)
 
     adapter_config = json.loads((run / "adapter" / "adapter_config.json").read_text())
-    assert adapter_config["r"] == 8 and adapter_config["peft_type"] == "LORA"
+    assert adapter_config["r"] == 64 and adapter_config["peft_type"] == "LORA"
     assert Path(adapter_config["base_model_name_or_path"]).is_dir()
     recipe = (run / "recipe.yaml").read_text()
     assert "builtin:tiny-llama" in recipe and "early_stopping" in recipe
-    # the recipe says ../data/finance_qa.jsonl; the run records the file it read, absolute and without ../
-    assert f"  path: {Path(__file__).resolve().parents[2] / 'data' / 'finance_qa.jsonl'}\n" in recipe
+    # the recipe says ../data/finance_chat.jsonl; the run records the file it read, absolute and without ../
+    assert f"  path: {Path(__file__).resolve().parents[2] / 'data' / 'finance_chat.jsonl'}\n" in recipe
 
 
 def test_adapter_reloads_with_plain_peft_and_reproduces_the_validation_loss(quickstart_run):

@@ -142,12 +142,13 @@ class Base:
         return torch.tensor(1.0)
 
 
-def trainer(world_size: int = 1, device: str = "cpu"):
+def trainer(world_size: int = 1, device: str = "cpu", sampling: str = "batch_rebalance"):
     class Trainer(SubBatches, Base):
         pass
 
     t = Trainer()
-    t.args = type("Args", (), {"world_size": world_size, "device": torch.device(device)})()
+    args = {"world_size": world_size, "device": torch.device(device), "train_sampling_strategy": sampling}
+    t.args = type("Args", (), args)()
     t.accelerator = type("Accelerator", (), {"unwrap_model": staticmethod(lambda m: m)})()
     return t
 
@@ -161,7 +162,7 @@ def test_the_trainer_mixin_regroups_only_on_one_cpu_process():
     t = trainer()  # the cost model comes from the model's config: the tiny model is overhead-bound
     t.training_step(model, batch, num_items_in_batch=100)
     assert t.calls == [(4, 90)] and t.row_cost == RowCost.of(model.config)
-    for other in (trainer(world_size=2), trainer(device="meta")):
+    for other in (trainer(world_size=2), trainer(device="meta"), trainer(sampling="random")):  # DDP, GPU, packing: off
         other.training_step(model, batch, num_items_in_batch=100)
         assert other.calls == [(4, 90)]
     t = trainer()
