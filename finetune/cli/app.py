@@ -26,6 +26,8 @@ from finetune import __version__
 from finetune.errors import UserError, disk_full
 from finetune.train.launch import report_user_error
 
+LOG_WIDTH = 240  # columns of tables written to a file or pipe (rich would use 80)
+
 app = typer.Typer(
     help="Fine-tune small open LLMs with QLoRA: one YAML recipe, early stopping, a held-out test score.",
     no_args_is_help=True,
@@ -36,6 +38,9 @@ console = Console(
     stderr=True, soft_wrap=True
 )  # on stderr, so stdout stays clean for --json; never wrapped at 80 columns in logs
 out = Console()
+for _stream in (console, out):
+    if not _stream.is_terminal:  # a file or a pipe: a table row stays on one line (grep, tail -f)
+        _stream.width = LOG_WIDTH
 
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
 Overrides = Annotated[
