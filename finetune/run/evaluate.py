@@ -85,7 +85,7 @@ def evaluate_run(
     if task == "preference":
         results, rows = _score_preferences(run, model, tokenizer, examples, batch_size, compare_base, console, progress)
         results["source"] = source
-        _write(out_dir, results, rows, labels)
+        _finish(run, out_dir, results, rows, labels)
         return results
 
     def score(name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -142,18 +142,27 @@ def evaluate_run(
                 row["base_loss"] = base_row.get("loss")
             else:
                 row["base_prediction"] = base_row.get("prediction")
+    _finish(run, out_dir, results, rows, labels)
+    return results
+
+
+def _finish(run: TrainedRun, out_dir: Path, results: dict[str, Any], rows: list[dict[str, Any]], labels) -> None:
     _write(out_dir, results, rows, labels)
     if out_dir.resolve() == (run.path / "eval").resolve():  # the card reads RUN/eval: keep it current
         card.write_card(run.path, run.recipe, run.metrics, run.path / run_dir.ADAPTER)
-    return results
 
 
 def _score_preferences(run: TrainedRun, model, tokenizer, examples, batch_size, compare_base, console, progress):
     """DPO/ORPO runs: preference and reward accuracy, reward margin (run/preference.py)."""
     data, beta = run.recipe.data, run.recipe.preference.beta
     triples, fits = preference.encode_pairs_for_scoring(examples, tokenizer, data.max_length, data.truncation)
+    if not triples:
+        raise UserError(
+            f"no pair fits data.max_length={data.max_length} (data.truncation: {data.truncation}); nothing to score"
+        )
     reference = preference.load_reference(model, run.recipe.model.adapter)
-    passes = 3 if compare_base and reference != "base" else 2
+    own_reference = preference.REFERENCE_ADAPTER in model.peft_config  # then --compare-base is a third pass
+    passes = 3 if compare_base and own_reference else 2
     with _progress_bar(console, "pairs", passes * len(triples), progress) as advance:
         start = time.perf_counter()
         scores, scored = preference.score_pairs(model, triples, beta, batch_size, compare_base, advance)

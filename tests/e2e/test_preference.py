@@ -83,6 +83,14 @@ def test_dpo_on_the_shipped_pairs_beats_the_base_on_its_test_split(dpo_run):
     assert scores["finetuned"]["preference_accuracy"] == pytest.approx(metrics["test_preference_accuracy"])
     rows = [json.loads(line) for line in (dpo_run / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == scores["examples"] and {"chosen_logp", "rejected_logp", "base_chosen_logp"} <= set(rows[0])
+    assert "`finetune eval` on test split" in (dpo_run / "adapter" / "README.md").read_text()  # the card shows it
+
+
+def test_eval_of_pairs_that_cannot_fit_is_one_line_exit_2(dpo_run, tmp_path):
+    data = write_jsonl(tmp_path / "long.jsonl", [{**row, "chosen": "x" * 2000} for row in short_pairs(3)])
+    result = CliRunner().invoke(app, ["eval", str(dpo_run), "--data", str(data), "-o", str(tmp_path / "eval")])
+    assert result.exit_code == 2 and "no pair fits data.max_length=512" in result.output
+    assert not (tmp_path / "eval" / "metrics.json").exists()
 
 
 def test_orpo_trains_with_the_nll_on_the_chosen_answer_only(tmp_path):
