@@ -298,6 +298,10 @@ class Recipe(Section):
                 f"train.objective {self.train.objective} trains on preference pairs: set data.format: preference "
                 "(or auto) and give rows with prompt, chosen and rejected"
             )
+        if preference and not self.data.completion_only_loss:
+            raise ValueError(
+                f"data.completion_only_loss: false applies to sft; {self.train.objective} scores the answers only"
+            )
         if self.data.format == "preference" and not preference:
             raise ValueError("data.format preference needs train.objective: dpo or orpo")
         if self.train.objective == "orpo" and "preference" in self.model_fields_set:

@@ -224,6 +224,7 @@ def test_the_runs_recipe_yaml_names_the_data_files_absolute_and_normalised(tmp_p
         ({"train": {"objective": "dpo"}, "preference": {"beta": 0}}, "preference.beta"),
         ({"train": {"objective": "dpo"}, "preference": {"loss_type": "kto"}}, "preference.loss_type"),
         ({"train": {"objective": "dpo", "fsdp": True}}, "train.fsdp is not supported"),
+        ({"train": {"objective": "dpo"}, "data": {"path": "x.jsonl", "completion_only_loss": False}}, "applies to sft"),
     ],
 )
 def test_preference_settings_are_checked(raw, message):
