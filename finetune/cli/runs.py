@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -75,8 +74,8 @@ def compare_command(
 
 
 def print_table(table: Table) -> None:
-    """A terminal's own width; piped or captured, wide enough for whole rows (one line per run to grep)."""
-    (out if out.is_terminal else Console(width=240)).print(table)
+    """A terminal's own width; piped or captured, app.LOG_WIDTH: whole rows (one line per run to grep)."""
+    out.print(table)
 
 
 def runs_table(summaries, title: str) -> Table:

@@ -121,7 +121,7 @@ def validate(
 
     loaded = load_recipe(find_recipe(recipe), set_ or [])
     splits = load_splits(loaded.data)
-    check_objective(loaded.train.objective, splits.format, loaded.data.path or loaded.data.train or "data")
+    check_objective(loaded.train.objective, splits.format, loaded.data)
     sizes = ", ".join(f"{k} {v}" for k, v in splits.sizes().items())
     typer.echo(f"{recipe}: valid ({splits.format} data: {sizes})")
 

@@ -207,18 +207,7 @@ def measure(
             truncated, lost = truncated + 1, lost + length - max_length
             no_answer += fitted.dropped or all(label == IGNORE for label in fitted.labels)  # training drops these
             cut, cut_tokens = cut + (fitted.prompt_tokens_cut > 0), cut_tokens + fitted.prompt_tokens_cut
-    ordered = sorted(lengths)
-    stats: dict[str, Any] = {"unit": "tokens" if tokenizer is not None else "characters"}
-    stats.update(dict.fromkeys(("min", "p50", "p90", "p99", "max", "mean")))  # same keys when no row is usable
-    if ordered:
-        stats.update(
-            min=ordered[0],
-            p50=percentile(ordered, 50),
-            p90=percentile(ordered, 90),
-            p99=percentile(ordered, 99),
-            max=ordered[-1],
-            mean=round(sum(ordered) / len(ordered), 1),
-        )
+    stats: dict[str, Any] = {"unit": "tokens" if tokenizer is not None else "characters", **length_stats(lengths)}
     counted = tokenizer is not None  # truncation is in tokens; characters cannot say
     fit = {
         "truncation": data.truncation,
@@ -260,7 +249,7 @@ def preference_report(
         if matcher.quick_ratio() >= NEAR_IDENTICAL and matcher.ratio() >= NEAR_IDENTICAL:
             near.append(example.source)
     return {
-        "lengths": {name: _summary(values) for name, values in sides.items()},
+        "lengths": {name: length_stats(values) for name, values in sides.items()},
         "unit": "tokens" if tokenizer is not None else "characters",
         # identical pairs are bad rows (they teach no preference): counted from the problems list
         "identical_pairs": sum("chosen and rejected are the same answer" in p.message for p in problems),
@@ -271,11 +260,19 @@ def preference_report(
     }
 
 
-def _summary(values: list[int]) -> dict[str, Any]:
+def length_stats(values: list[int]) -> dict[str, Any]:
+    """min, p50, p90, p99, max, mean; the same keys (None) when there is no value."""
     ordered = sorted(values)
     if not ordered:
-        return dict.fromkeys(("min", "p50", "p99", "max"))
-    return {"min": ordered[0], "p50": percentile(ordered, 50), "p99": percentile(ordered, 99), "max": ordered[-1]}
+        return dict.fromkeys(("min", "p50", "p90", "p99", "max", "mean"))
+    return {
+        "min": ordered[0],
+        "p50": percentile(ordered, 50),
+        "p90": percentile(ordered, 90),
+        "p99": percentile(ordered, 99),
+        "max": ordered[-1],
+        "mean": round(sum(ordered) / len(ordered), 1),
+    }
 
 
 def plot_lengths(lengths: list[int], unit: str, max_length: int, path: Path) -> None:

@@ -189,8 +189,9 @@ def load_splits(data: DataSection) -> Splits:
     return splits
 
 
-def check_objective(objective: str, fmt: str, source: str) -> None:
+def check_objective(objective: str, fmt: str, data: DataSection) -> None:
     """Preference pairs are trained by dpo/orpo, and dpo/orpo train nothing else."""
+    source = data.path or data.train
     if objective == "sft" and fmt == "preference":
         raise UserError(
             f"{source}: the rows are preference pairs (prompt, chosen, rejected); set train.objective: dpo or orpo"

@@ -324,12 +324,11 @@ def test_text(test: dict[str, float]) -> str:
             ("test_accuracy", "acc", ".3f"),
             ("test_macro_f1", "F1", ".3f"),
             ("test_preference_accuracy", "pref acc", ".3f"),
-            ("test_base_preference_accuracy", "(base", ".3f"),
         )
         if key in test
     ]
     if "test_base_preference_accuracy" in test:
-        parts[-1] += ")"
+        parts.append(f"(base {test['test_base_preference_accuracy']:.3f})")
     return " ".join(parts) or "-"
 
 

@@ -73,7 +73,7 @@ def fine_tune(recipe: Recipe, request: TrainRequest, console: Console) -> int:
     if recipe.model.adapter is not None:
         loading.check_adapter_folder(recipe.model.adapter)
     splits = load_splits(recipe.data)
-    check_objective(recipe.train.objective, splits.format, recipe.data.path or recipe.data.train or "data")
+    check_objective(recipe.train.objective, splits.format, recipe.data)
     point = None
     if request.resume:  # the checkpoint must be of this recipe and data: known before any tokenizing
         fingerprint = {"recipe_hash": recipe.fingerprint(), "data_hash": splits.data_hash}

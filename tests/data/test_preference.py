@@ -76,11 +76,11 @@ def test_the_objective_and_the_data_must_agree(tmp_path):
     path = write_jsonl(tmp_path / "pairs.jsonl", [ROW] * 10)
     splits = load_splits(DataSection(path=str(path)))
     assert splits.format == "preference"
-    check_objective("dpo", splits.format, "pairs.jsonl")
+    check_objective("dpo", splits.format, DataSection(path="pairs.jsonl"))
     with pytest.raises(UserError, match="set train.objective: dpo or orpo"):
-        check_objective("sft", splits.format, "pairs.jsonl")
+        check_objective("sft", splits.format, DataSection(path="pairs.jsonl"))
     with pytest.raises(UserError, match="needs preference rows"):
-        check_objective("orpo", "chat", "chat.jsonl")
+        check_objective("orpo", "chat", DataSection(path="chat.jsonl"))
 
 
 def test_both_sides_are_masked_to_their_answer_and_end_with_a_trained_eos(tiny_tokenizer):
