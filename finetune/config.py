@@ -7,7 +7,6 @@ and `--help` stay fast.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
@@ -19,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from finetune.errors import UserError
 from finetune.paths import looks_like_file
-from finetune.strict_yaml import parse_yaml
+from finetune.strict_yaml import explain, parse_yaml
 
 TINY_MODEL = "builtin:tiny-llama"
 
@@ -190,7 +189,11 @@ class TrainSection(Section):
     momentum: float = Field(0.9, ge=0, lt=1, description="Momentum for sgd.")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
-    gradient_checkpointing: bool = Field(True, description="Recompute activations: ~30% slower, far less memory.")
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto",
+        description="Recompute activations: ~30% slower, far less memory. auto = off where the VRAM estimate says "
+        "the run fits without it (train/checkpointing.py), else on.",
+    )
     fsdp: bool = Field(
         False, description="With several processes, shard the model over them (FSDP) instead of a copy on each (DDP)."
     )
@@ -351,7 +354,7 @@ def validate_recipe(raw: dict[str, Any], source: str = "recipe", lines: dict[str
     try:
         return Recipe.model_validate(raw)
     except ValidationError as err:
-        raise UserError(_explain(err, source, lines or {})) from err
+        raise UserError(explain(err, source, lines or {}, Recipe)) from err
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> None:
@@ -373,47 +376,6 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError as err:
         raise UserError(f"--set {key}: cannot parse value {value!r}") from err
-
-
-def _explain(err: ValidationError, source: str, lines: dict[str, int]) -> str:
-    """The first validation error as one line: `file:line: key: problem; hint`."""
-    first = err.errors()[0]
-    loc = [str(p) for p in first["loc"] if not str(p).startswith("function-after")]
-    key = ".".join(loc) or "(top level)"
-    line = _nearest_line(loc, lines)
-    where = f"{source}:{line}" if line else source
-    if first["type"] == "extra_forbidden":
-        fields = _fields_at(loc[:-1])
-        close = difflib.get_close_matches(loc[-1], fields, n=1, cutoff=0.5)
-        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(fields)}"
-        return f"{where}: unknown key '{key}'; {hint}"
-    if first["type"] == "missing":
-        return f"{where}: missing required key '{key}'"
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "literal_error":
-        message = f"must be {first['ctx']['expected']}"
-    given = first.get("input")
-    shown = f" (got {given!r})" if isinstance(given, (str, int, float, bool)) else ""
-    return f"{where}: {key}: {message}{shown}"
-
-
-def _fields_at(loc: list[str]) -> list[str]:
-    model: type[BaseModel] = Recipe
-    for part in loc:
-        field = model.model_fields.get(part)
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            break
-        model = annotation
-    return list(model.model_fields)
-
-
-def _nearest_line(loc: list[str], lines: dict[str, int]) -> int | None:
-    for end in range(len(loc), 0, -1):
-        line = lines.get(".".join(loc[:end]))
-        if line:
-            return line
-    return None
 
 
 def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:

@@ -1,14 +1,17 @@
 """YAML read strictly: what `yaml.safe_load` accepts silently is an error naming the line.
 
 Duplicate keys (YAML keeps the last one), nesting deeper than MAX_NESTING and alias bombs are refused,
-and every dotted key path is mapped to its line so validation errors can point into the file.
+and every dotted key path is mapped to its line so that explain() can point a validation error into the file.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ValidationError
 
 from finetune.errors import UserError
 
@@ -74,3 +77,58 @@ def _check_structure(root: yaml.Node, source: str) -> dict[str, int]:
 
     walk(root, "", 0)
     return lines
+
+
+# A union member's tag at the end of an error's location (pydantic): bool, int, literal['auto'], list[str], ...
+UNION_MEMBER = re.compile(r"^(bool|int|float|str|literal\[.*\]|list\[.*\]|dict\[.*\])$")
+
+
+def _describe(member: str) -> str:
+    if member.startswith("literal["):
+        return member.removeprefix("literal[").removesuffix("]").replace(",", " or")
+    return {"bool": "true/false", "int": "an integer", "float": "a number", "str": "a string"}.get(
+        member, f"a {member.split('[')[0]}"
+    )
+
+
+def explain(err: ValidationError, source: str, lines: dict[str, int], root: type[BaseModel]) -> str:
+    """The first validation error of the model `root` as one line: `file:line: key: problem; hint`."""
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"] if not str(p).startswith("function-after")]
+    if loc and UNION_MEMBER.match(loc[-1]):  # `bool | "auto"`: pydantic reports each member as a key of its own
+        members = [str(e["loc"][-1]) for e in err.errors() if [str(p) for p in e["loc"][:-1]] == loc[:-1]]
+        loc, first = loc[:-1], {**first, "type": "union", "msg": "must be " + " or ".join(map(_describe, members))}
+    key = ".".join(loc) or "(top level)"
+    line = _nearest_line(loc, lines)
+    where = f"{source}:{line}" if line else source
+    if first["type"] == "extra_forbidden":
+        fields = _fields_at(root, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], fields, n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(fields)}"
+        return f"{where}: unknown key '{key}'; {hint}"
+    if first["type"] == "missing":
+        return f"{where}: missing required key '{key}'"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "literal_error":
+        message = f"must be {first['ctx']['expected']}"
+    given = first.get("input")
+    shown = f" (got {given!r})" if isinstance(given, (str, int, float, bool)) else ""
+    return f"{where}: {key}: {message}{shown}"
+
+
+def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return list(model.model_fields)
+
+
+def _nearest_line(loc: list[str], lines: dict[str, int]) -> int | None:
+    for end in range(len(loc), 0, -1):
+        line = lines.get(".".join(loc[:end]))
+        if line:
+            return line
+    return None

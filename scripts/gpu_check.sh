@@ -11,7 +11,8 @@
 # RUNS picks some of them (default: all three).
 # Each run's metrics.json (tokens/s, peak allocated/reserved memory) lands in OUTDIR/<name>.json, its
 # log in OUTDIR/<name>.log; summary.txt sets them beside the VRAM estimate. A failing run does not
-# stop the others; the script exits 1 if any failed. MODEL (a catalogue id) and STEPS change the defaults.
+# stop the others; the script exits 1 if any failed. MODEL (a catalogue id) and STEPS change the defaults;
+# CHECKPOINTING (true, the setting the estimate is compared at) can be false or auto.
 set -uo pipefail
 out=${1:-${OUT:-gpu_check_out}}
 nproc=${NPROC:-1}
@@ -22,7 +23,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 python scripts/random_model.py "${MODEL:-meta-llama/Llama-3.2-1B}" "$work/llama-1b" || exit 1
 recipe=recipes/llama-3.2-1b-finance.yaml
 sets=(--set "model.name=$work/llama-1b" --set "train.max_steps=${STEPS:-30}" --set train.eval_steps=10
-      --set train.micro_batch_size=4 --set train.gradient_accumulation=1)
+      --set train.micro_batch_size=4 --set train.gradient_accumulation=1
+      --set "train.gradient_checkpointing=${CHECKPOINTING:-true}")
 failed=()
 
 run() {  # run NAME COMMAND...: the run directory is $work/NAME
@@ -46,7 +48,7 @@ if [[ $runs == *" unsloth "* ]]; then
 fi
 [[ $runs == *" fsdp "* ]] && run fsdp python -m torch.distributed.run --standalone --nproc_per_node "$nproc" \
     -m finetune train "$recipe" --set model.backend=hf --set train.fsdp=true
-python -m finetune vram-estimate "$recipe" --set "model.name=$work/llama-1b" --batch-size 4 --json >"$out/estimate.json" \
+python -m finetune vram-estimate "$recipe" "${sets[@]}" --json >"$out/estimate.json" \
     || failed+=(vram-estimate)
 python -m finetune doctor --json >"$out/doctor.json" || failed+=(doctor)
 

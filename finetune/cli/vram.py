@@ -59,6 +59,7 @@ def vram_estimate(
     from finetune.model.loading import quiet_libraries
     from finetune.paths import find_recipe
     from finetune.train.measure import compare, measure
+    from finetune.train.preflight import decide_checkpointing
     from finetune.vram import estimator, render
     from finetune.vram.architectures import load_spec
 
@@ -110,22 +111,31 @@ def vram_estimate(
         model_id = model
     setup.validate()
     spec = load_spec(model_id)
-    result = estimator.estimate(spec, setup, model=model_id)
-    gpus = select_gpus(gpu, gpu_memory)
-    comparison = None
+    # train.gradient_checkpointing: auto (the default) is on in the estimate; each GPU row says what auto picks there
+    auto = gradient_checkpointing is None and (loaded is None or loaded.train.gradient_checkpointing == "auto")
+    auto = auto and setup.objective == "sft" and (loaded is None or loaded.model.backend != "unsloth")
     if measure_steps:
         if loaded is None or setup.method == "full" or setup.loss_impl != "fused" or setup.objective != "sft":
             raise UserError(
                 "--measure needs a RECIPE and measures this tool's own sft path (lora/qlora, fused loss); "
                 "dpo/orpo are estimated only"
             )
+        loaded, why = decide_checkpointing(loaded, spec, "hf", setup.kernels)  # on this GPU, as training would
+        setup, auto = dataclasses.replace(setup, gradient_checkpointing=loaded.train.gradient_checkpointing), False
+        if why and not json_output:
+            out.print(f"gradient checkpointing {'on' if setup.gradient_checkpointing else 'off'} (auto): {why}")
+    result = estimator.estimate(spec, setup, model=model_id)
+    unchecked = estimator.estimate(spec, dataclasses.replace(setup, gradient_checkpointing=False)) if auto else None
+    comparison = None
+    if measure_steps:
         quiet_libraries(verbose=False)
         with stdout_to_stderr():  # libraries that print while loading must not reach stdout (--json)
             comparison = compare(result, measure(loaded))
+    gpus = select_gpus(gpu, gpu_memory)
     if json_output:
-        emit_json({**result.to_json(gpus), **({"measured": comparison} if comparison else {})})
+        emit_json({**result.to_json(gpus, unchecked), **({"measured": comparison} if comparison else {})})
         return
-    render.render_table(result, out, gpus)
+    render.render_table(result, out, gpus, unchecked)
     for name, gib in (gpus if (gpu or gpu_memory) else dict(list(estimator.GPUS.items())[:1])).items():
         for tip in estimator.advise(spec, setup, int(gib * estimator.GiB)):
             out.print(f"[yellow]to fit {name}:[/] {tip}")

@@ -261,6 +261,8 @@ def check_adapter_folder(adapter: str) -> None:
 def load_for_training(path: str, recipe: Recipe, device, dtype, backend: str = "hf"):
     """The model to train. model.kernels is applied here (model/kernels.py); what was applied is kept on the
     model as `finetune_kernels`, for metrics.json."""
+    if not isinstance(recipe.train.gradient_checkpointing, bool):  # auto is decided before loading (train/preflight)
+        raise ValueError("train.gradient_checkpointing: auto must be decided (true/false) before the model loads")
     if backend == "unsloth":
         model = load_with_unsloth(path, recipe, device, dtype)
     else:

@@ -60,7 +60,8 @@ def train(
     trainer_setup.check_loss_kernel()
     set_seed(recipe.train.seed)
     device = device_for_this_process()  # before the preflight: each rank checks its own GPU
-    preflight(recipe, prepared.model_path, console, force, backend)
+    # auto settings decided (train.gradient_checkpointing); the run's recipe.yaml and fingerprint keep the user's
+    decided = preflight(recipe, prepared.model_path, console, force, backend)
     for note in prepared.notes:
         console.print(f"[yellow]note:[/] {note}")
 
@@ -80,7 +81,7 @@ def train(
     try:
         if is_main:
             run_dir.write_recipe(run, recipe.resolved_dict())
-        return _fit(recipe, run, console, prepared, device, backend, progress, callbacks, fingerprint, point, started)
+        return _fit(decided, run, console, prepared, device, backend, progress, callbacks, fingerprint, point, started)
     finally:
         if held is not None:
             held.close()
@@ -254,6 +255,7 @@ def _fit(recipe, run, console, prepared, device, backend, progress, callbacks, f
         "world_size": plan.world_size,
         "backend": backend,
         "kernels": model.finetune_kernels,  # model.kernels: requested, used, applied (model/kernels.py)
+        "gradient_checkpointing": recipe.train.gradient_checkpointing,  # auto decided (train/preflight.py)
         "device": str(device),
         "compute_dtype": str(dtype).removeprefix("torch."),
         "versions": package_versions(),

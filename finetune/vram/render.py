@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetune.vram.estimator import GPUS, Estimate, GiB, fits
+from finetune.vram.estimator import CHECKPOINTING_OFF_SHARE, GPUS, Estimate, GiB, auto_checkpointing, fits
 
 
-def render_table(est: Estimate, console: Any, gpus: dict[str, float] | None = None) -> None:
-    """Components table and GPU fit table with rich (imported here: keeps `import finetune.vram` light)."""
+def render_table(
+    est: Estimate, console: Any, gpus: dict[str, float] | None = None, unchecked: Estimate | None = None
+) -> None:
+    """Components table and GPU fit table with rich (imported here: keeps `import finetune.vram` light).
+    `unchecked`: the run without gradient checkpointing (auto): a column says what auto picks on each GPU."""
     from rich.table import Table
 
     table = Table(
@@ -37,7 +40,19 @@ def render_table(est: Estimate, console: Any, gpus: dict[str, float] | None = No
     fit.add_column("GPU")
     fit.add_column("GiB usable", justify="right")
     fit.add_column("fits")
+    if unchecked is not None:
+        fit.add_column("checkpointing (auto)")
     for name, gib in (gpus or GPUS).items():
         ok = fits(est, int(gib * GiB))
-        fit.add_row(name, f"{gib:.1f}", "[green]yes[/green]" if ok else "[red]no[/red]")
+        auto = []
+        if unchecked is not None and auto_checkpointing(unchecked, gib * GiB) == "off":
+            auto = [f"off: {unchecked.total_bytes / GiB:.2f} GiB, faster"]
+        elif unchecked is not None:
+            auto = ["on"]
+        fit.add_row(name, f"{gib:.1f}", "[green]yes[/green]" if ok else "[red]no[/red]", *auto)
     console.print(fit)
+    if unchecked is not None:
+        console.print(
+            f"train.gradient_checkpointing: auto turns checkpointing off where the run without it "
+            f"({unchecked.total_bytes / GiB:.2f} GiB) fits in {CHECKPOINTING_OFF_SHARE:.0%} of the free memory"
+        )
