@@ -6,14 +6,16 @@
 
 Both runs train the same randomly initialised Llama (hidden 256, 4 layers, ~3.3M parameters, the
 project's 261-token byte-level tokenizer, 4-bit NF4 base + LoRA r=16 on all linear layers, lr 2e-4,
-micro-batch 4 x 4 accumulation, gradient checkpointing, fp32 compute) for one epoch over the same
+micro-batch 4 x 4 accumulation, fp32 compute) for one epoch over the same
 training rows, so both process the same tokens. The rows are the finance Q&A sample with every 8th
 answer stretched to ~900 bytes: the length mix that makes padded batches wasteful.
 
   finetune  prepare() + finetune.train.loop.train() with a recipe that sets only the model, the data and epochs: 1
-            (on a CPU that means length-grouped batches; flash-attention packing needs a GPU).
+            (on a CPU that means length-grouped batches; flash-attention packing needs a GPU; gradient
+            checkpointing auto, off here: the model fits without it; --checkpointed adds a run with it on).
   plain     SFTTrainer(peft_config=LoraConfig(...)) on prompt-completion rows, TRL's defaults except
-            the shared settings above (bf16 off: finetune computes in fp32 on a CPU), random batches.
+            the shared settings above (bf16 off: finetune computes in fp32 on a CPU), random batches,
+            gradient checkpointing on (TRL's default).
 
 The long-documents case (--cases long, benchmarks/long_documents.py): 120 made-up report extracts of
 ~400 to ~10,000 characters (= tokens, byte-level), tables then a question, with a one-sentence answer,
@@ -126,10 +128,17 @@ def step_timer():
 
 
 def run_finetune(
-    model_dir: Path, data: Path, work: Path, packing: str = "auto", accumulation: int = 4, max_length: int | None = None
+    model_dir: Path,
+    data: Path,
+    work: Path,
+    packing: str = "auto",
+    accumulation: int = 4,
+    max_length: int | None = None,
+    checkpointing: bool | None = None,
 ) -> dict:
     """finetune's own path: prepare() then the training loop, with the step timer as an extra callback.
-    Only what the case sets is in the recipe (gradient_accumulation 4 and max_length 1024 are the defaults)."""
+    Only what the case sets is in the recipe (gradient_accumulation 4 and max_length 1024 are the defaults;
+    `checkpointing` None leaves train.gradient_checkpointing at auto)."""
     from rich.console import Console
 
     from finetune.config import validate_recipe
@@ -139,16 +148,18 @@ def run_finetune(
 
     data_section = {"path": str(data), "packing": packing, **({"max_length": max_length} if max_length else {})}
     train = {"epochs": 1, **({"gradient_accumulation": accumulation} if accumulation != 4 else {})}
+    if checkpointing is not None:
+        train["gradient_checkpointing"] = checkpointing
     recipe = validate_recipe({"model": {"name": str(model_dir)}, "data": data_section, "train": train})
     prepared = prepare(recipe, load_splits(recipe.data))
     timer = step_timer()
     start = time.perf_counter()
     quiet = Console(file=io.StringIO())
-    run = work / f"run-{packing}-{accumulation}-{data.stem}"
+    run = work / f"run-{packing}-{accumulation}-{checkpointing}-{data.stem}"
     metrics = loop.train(recipe, run, quiet, prepared, progress=False, callbacks=(timer,))
     wall = time.perf_counter() - start
     return {
-        "mode": prepared.batching,
+        "mode": prepared.batching + (", checkpointing" if metrics["gradient_checkpointing"] else ""),
         "model": timer.model,
         "datasets": prepared.datasets,
         "tokens": metrics["throughput"]["train_tokens"],  # non-padding tokens, counted by finetune's trainer
@@ -302,6 +313,11 @@ def measure_case(case: str, accumulation: int, model: Path, work: Path, options)
     if options.padded:
         padded = run_finetune(model, data, work, "off", accumulation=accumulation, max_length=max_length)
         runs.append(("finetune, data.packing: off", padded))
+    if options.checkpointed:
+        checkpointed = run_finetune(
+            model, data, work, accumulation=accumulation, max_length=max_length, checkpointing=True
+        )
+        runs.append(("finetune, gradient_checkpointing: true", checkpointed))
     if options.packed_sdpa:
         packed = run_plain(model, splits, work, packing=True, accumulation=accumulation, max_length=max_length or 1024)
         runs.append(("plain TRL + peft, packing=True", packed))
@@ -372,6 +388,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--padded", action="store_true", help="another run: finetune with data.packing: off (+~1.5 min)"
+    )
+    parser.add_argument(
+        "--checkpointed",
+        action="store_true",
+        help="another run: finetune with train.gradient_checkpointing: true (TRL's default; auto turns it off here)",
     )
     options = parser.parse_args()
 
