@@ -192,7 +192,7 @@ class TrainSection(Section):
     gradient_checkpointing: bool | Literal["auto"] = Field(
         "auto",
         description="Recompute activations: ~30% slower, far less memory. auto = off where the VRAM estimate says "
-        "the run fits without it (train/checkpointing.py), else on.",
+        "the run fits without it (train/preflight.py), else on.",
     )
     fsdp: bool = Field(
         False, description="With several processes, shard the model over them (FSDP) instead of a copy on each (DDP)."

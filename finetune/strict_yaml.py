@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import re
+import types
+import typing
 from typing import Any
 
 import yaml
@@ -79,25 +81,17 @@ def _check_structure(root: yaml.Node, source: str) -> dict[str, int]:
     return lines
 
 
-# A union member's tag at the end of an error's location (pydantic): bool, int, literal['auto'], list[str], ...
-UNION_MEMBER = re.compile(r"^(bool|int|float|str|literal\[.*\]|list\[.*\]|dict\[.*\])$")
-
-
-def _describe(member: str) -> str:
-    if member.startswith("literal["):
-        return member.removeprefix("literal[").removesuffix("]").replace(",", " or")
-    return {"bool": "true/false", "int": "an integer", "float": "a number", "str": "a string"}.get(
-        member, f"a {member.split('[')[0]}"
-    )
+# A union member's tag in an error's location (pydantic): bool, int, literal['auto'], list[str], ...
+UNION_MEMBER = re.compile(r"^(bool|int|float|str|none|literal\[.*\]|list\[.*\]|dict\[.*\])$")
 
 
 def explain(err: ValidationError, source: str, lines: dict[str, int], root: type[BaseModel]) -> str:
     """The first validation error of the model `root` as one line: `file:line: key: problem; hint`."""
-    first = err.errors()[0]
-    loc = [str(p) for p in first["loc"] if not str(p).startswith("function-after")]
-    if loc and UNION_MEMBER.match(loc[-1]):  # `bool | "auto"`: pydantic reports each member as a key of its own
-        members = [str(e["loc"][-1]) for e in err.errors() if [str(p) for p in e["loc"][:-1]] == loc[:-1]]
-        loc, first = loc[:-1], {**first, "type": "union", "msg": "must be " + " or ".join(map(_describe, members))}
+    errors = [
+        {**e, "loc": tuple(str(p) for p in e["loc"] if not str(p).startswith("function-after"))} for e in err.errors()
+    ]
+    first = _one_for_union(errors, root)
+    loc = list(first["loc"])
     key = ".".join(loc) or "(top level)"
     line = _nearest_line(loc, lines)
     where = f"{source}:{line}" if line else source
@@ -112,8 +106,45 @@ def explain(err: ValidationError, source: str, lines: dict[str, int], root: type
     if first["type"] == "literal_error":
         message = f"must be {first['ctx']['expected']}"
     given = first.get("input")
-    shown = f" (got {given!r})" if isinstance(given, (str, int, float, bool)) else ""
+    shown = (
+        f" (got {given!r})" if isinstance(given, (str, int, float, bool)) else " (got null)" if given is None else ""
+    )
     return f"{where}: {key}: {message}{shown}"
+
+
+def _one_for_union(errors: list[dict], root: type[BaseModel]) -> dict:
+    """pydantic reports a value that fits no member of a union (`bool | "auto"`, `str | list[str]`) once per member,
+    the member's tag in the location. One error instead: an item's error when the value is a list or mapping
+    member with a bad item (`[q_proj, 1]`: item 1 must be a string), else "must be A or B"."""
+    first = errors[0]
+    loc = first["loc"]
+    at = next((i for i, part in enumerate(loc) if UNION_MEMBER.match(part) and _is_union(root, loc[:i])), None)
+    if at is None:
+        return first
+    field = loc[:at]
+    members = [e for e in errors if e["loc"][:at] == field and len(e["loc"]) > at]
+    nested = next((e for e in members if len(e["loc"]) > at + 1), None)
+    if nested is not None:
+        return {**nested, "loc": field + nested["loc"][at + 1 :]}
+    choices = dict.fromkeys(_describe(e["loc"][at]) for e in members)
+    return {**first, "loc": field, "type": "union", "msg": "must be " + " or ".join(choices)}
+
+
+def _describe(member: str) -> str:
+    if member.startswith("literal["):
+        return member.removeprefix("literal[").removesuffix("]").replace(",", " or")
+    names = {"bool": "true/false", "int": "an integer", "float": "a number", "str": "a string", "none": "null"}
+    return names.get(member, f"a {member.split('[')[0]}")
+
+
+def _is_union(model: type[BaseModel], loc: tuple[str, ...]) -> bool:
+    """Whether the field at `loc` (model fields from `model` down) is annotated with a union."""
+    annotation = None
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return False
+        annotation = model = model.model_fields[part].annotation
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
 
 
 def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:

@@ -60,7 +60,10 @@ out = Path(sys.argv[1])
 estimate = json.loads((out / "estimate.json").read_text())
 GiB = 2**30
 lines = [f"estimate: peak allocated {estimate['peak_allocated_bytes'] / GiB:.2f} GiB, "
-         f"total {estimate['total_bytes'] / GiB:.2f} GiB"]
+         f"total {estimate['total_bytes'] / GiB:.2f} GiB "
+         f"(checkpointing {'on' if estimate['setup']['gradient_checkpointing'] else 'off'})"]
+if "without_checkpointing_total_bytes" in estimate:  # CHECKPOINTING=auto: the run may have turned it off
+    lines.append(f"estimate without checkpointing: total {estimate['without_checkpointing_total_bytes'] / GiB:.2f} GiB")
 for name in ("hf", "unsloth", "fsdp"):
     path = out / f"{name}.json"
     if not path.exists():
@@ -70,6 +73,7 @@ for name in ("hf", "unsloth", "fsdp"):
     t = m["throughput"]
     lines.append(
         f"{name}: backend {m['backend']}, world {m['world_size']}, {m['global_step']} steps, "
+        f"checkpointing {'on' if m.get('gradient_checkpointing', True) else 'off'}, "
         f"best eval {m['best_eval_loss']}, test {m.get('test_loss')}, {t['tokens_per_s']:.0f} tokens/s, "
         f"peak allocated {t.get('peak_allocated_bytes', 0) / GiB:.2f} GiB, "
         f"reserved {t.get('peak_reserved_bytes', 0) / GiB:.2f} GiB, "

@@ -95,6 +95,34 @@ def test_fingerprint_ignores_output_dir(write_recipe):
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
 
 
+@pytest.mark.parametrize(
+    "raw, message",
+    [  # fields that take one of several types: pydantic reports each member; the user gets one line
+        (
+            {"train": {"gradient_checkpointing": "maybe"}},
+            "train.gradient_checkpointing: must be true/false or 'auto' (got 'maybe')",
+        ),
+        (
+            {"train": {"gradient_checkpointing": None}},
+            "train.gradient_checkpointing: must be true/false or 'auto' (got null)",
+        ),
+        ({"train": {"eval_steps": "often"}}, "train.eval_steps: must be an integer or 'auto' (got 'often')"),
+        ({"lora": {"target_modules": 5}}, "lora.target_modules: must be a string or a list (got 5)"),
+        ({"lora": {"target_modules": ["q_proj", 1]}}, "lora.target_modules.1: Input should be a valid string (got 1)"),
+        ({"data": {"classification": {"labels": 7}}}, "data.classification.labels: must be a dict or a list (got 7)"),
+        ({"train": {"int": 3}}, "unknown key 'train.int'"),  # a key named like a member's tag is still unknown
+        ({"str": 1}, "unknown key 'str'"),
+    ],
+)
+def test_union_fields_get_one_error_naming_the_choices(raw, message):
+    base = {"model": {"name": "builtin:tiny-llama"}, "data": {"path": "x.jsonl"}}
+    for section, values in raw.items():
+        base[section] = {**base.get(section, {}), **values} if isinstance(values, dict) else values
+    with pytest.raises(UserError) as err:
+        validate_recipe(base)
+    assert message in str(err.value)
+
+
 @pytest.mark.parametrize("path", sorted(shipped_recipes_dir().glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_recipe_loads(path):
     recipe = load_recipe(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from pathlib import Path
 from typing import Annotated
 
@@ -59,7 +60,7 @@ def vram_estimate(
     from finetune.model.loading import quiet_libraries
     from finetune.paths import find_recipe
     from finetune.train.measure import compare, measure
-    from finetune.train.preflight import decide_checkpointing
+    from finetune.train.preflight import decide_checkpointing, not_measured
     from finetune.vram import estimator, render
     from finetune.vram.architectures import load_spec
 
@@ -112,8 +113,12 @@ def vram_estimate(
     setup.validate()
     spec = load_spec(model_id)
     # train.gradient_checkpointing: auto (the default) is on in the estimate; each GPU row says what auto picks there
-    auto = gradient_checkpointing is None and (loaded is None or loaded.train.gradient_checkpointing == "auto")
-    auto = auto and setup.objective == "sft" and (loaded is None or loaded.model.backend != "unsloth")
+    auto = gradient_checkpointing is None and setup.objective == "sft"
+    if loaded is not None:  # where training would keep it on anyway (Unsloth: model.backend auto with it installed)
+        backend = loaded.model.backend
+        unsloth = backend == "unsloth" or (backend == "auto" and importlib.util.find_spec("unsloth") is not None)
+        auto = auto and loaded.train.gradient_checkpointing == "auto"
+        auto = auto and not_measured(loaded, "unsloth" if unsloth else "hf", loaded.train.fsdp, True) is None
     if measure_steps:
         if loaded is None or setup.method == "full" or setup.loss_impl != "fused" or setup.objective != "sft":
             raise UserError(

@@ -4,6 +4,7 @@ when the GPU is too small."""
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from rich.console import Console
 
@@ -70,19 +71,13 @@ def decide_checkpointing(
     when the recipe already says true or false.
 
     Checkpointing costs a third more compute for activation memory that drops from every layer's to one layer's
-    (measured 1.4-1.6x the tokens/s without it, docs/throughput.md): where the memory is there, auto spends it.
+    (on the CPU benchmark 1.36x-1.62x the tokens/s without it, docs/throughput.md): where the memory is there, auto spends it.
     auto keeps it on where the estimate has not been measured: Unsloth (its own offloaded checkpointing),
     FSDP, DPO/ORPO, an architecture the estimator does not know.
     """
     if recipe.train.gradient_checkpointing != "auto":
         return recipe, None
-    unmeasured = {
-        "the unsloth backend": backend == "unsloth",
-        "FSDP": fsdp_active(recipe),
-        f"train.objective {recipe.train.objective}": recipe.train.objective != "sft",
-        "an architecture the estimator does not know": spec is None,
-    }
-    reason = next((name for name, applies in unmeasured.items() if applies), None)
+    reason = not_measured(recipe, backend, fsdp_active(recipe), spec is not None)
     if reason is not None:
         return with_checkpointing(recipe, True), f"the memory of {reason} without it is not measured"
     memory, where = free_memory()
@@ -97,15 +92,28 @@ def decide_checkpointing(
     return with_checkpointing(recipe, False), f"the run fits without it: {needs}, within {share}"
 
 
+def not_measured(recipe: Recipe, backend: str, fsdp: bool, known: bool) -> str | None:
+    """Why auto keeps checkpointing on whatever the memory, or None: the estimate without checkpointing is
+    measured for the hf backend's SFT on one GPU per process, of an architecture the estimator knows."""
+    reasons = {
+        "the unsloth backend": backend == "unsloth",
+        "FSDP": fsdp,
+        f"train.objective {recipe.train.objective}": recipe.train.objective != "sft",
+        "an architecture the estimator does not know": not known,
+    }
+    return next((name for name, applies in reasons.items() if applies), None)
+
+
 def with_checkpointing(recipe: Recipe, on: bool) -> Recipe:
     return recipe.model_copy(update={"train": recipe.train.model_copy(update={"gradient_checkpointing": on})})
 
 
 def free_memory() -> tuple[int, str]:
-    """(bytes, where): free memory of this process's GPU, or the RAM available on a CPU-only machine."""
+    """(bytes, where): free memory of this process's GPU, or its share of the RAM available on a CPU-only machine
+    (torchrun's processes on one machine share it: each counts 1/LOCAL_WORLD_SIZE of it)."""
     import psutil
     import torch
 
     if torch.cuda.is_available():
         return torch.cuda.mem_get_info()[0], "on the GPU"
-    return psutil.virtual_memory().available, "RAM"
+    return psutil.virtual_memory().available // int(os.environ.get("LOCAL_WORLD_SIZE", 1)), "RAM"

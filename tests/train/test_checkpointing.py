@@ -132,3 +132,23 @@ def test_vram_estimate_says_what_auto_picks_on_each_gpu():
         report = json.loads(CliRunner().invoke(app, ["vram-estimate", "--model", LLAMA, "--json", *fixed]).output)
         assert "without_checkpointing_total_bytes" not in report
         assert all("auto_checkpointing" not in gpu for gpu in report["gpus"])
+
+
+def test_vram_estimate_shows_no_auto_column_where_training_keeps_checkpointing_on(write_recipe):
+    for train, model in (({"fsdp": True}, {}), ({"objective": "dpo"}, {}), ({}, {"backend": "unsloth"})):
+        path = write_recipe({"model": {"name": LLAMA, **model}, "train": {"gradient_checkpointing": "auto", **train}})
+        result = CliRunner().invoke(app, ["vram-estimate", str(path), "--json"])
+        assert result.exit_code == 0, result.output
+        assert all("auto_checkpointing" not in gpu for gpu in json.loads(result.output)["gpus"]), (train, model)
+    path = write_recipe({"model": {"name": LLAMA}, "train": {"gradient_checkpointing": "auto"}})
+    assert (
+        "auto_checkpointing"
+        in json.loads(CliRunner().invoke(app, ["vram-estimate", str(path), "--json"]).output)["gpus"][0]
+    )
+
+
+def test_processes_on_one_cpu_machine_share_its_ram(monkeypatch):
+    whole, _ = preflight.free_memory()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    quarter, where = preflight.free_memory()
+    assert where == "RAM" and abs(quarter - whole / 4) < whole / 20  # available RAM moves a little between calls
