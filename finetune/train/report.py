@@ -97,6 +97,9 @@ def print_summary(console: Console, metrics: dict, run: Path) -> None:
     if kernels:  # model.kernels: which fused kernels ran, or why none did
         used = f"liger ({', '.join(kernels['applied'])})" if kernels["applied"] else f"none ({kernels['why']})"
         table.add_row("kernels", used)
+    if "gradient_checkpointing" in metrics:  # what train.gradient_checkpointing (auto) came to, beside its effect
+        on = "on" if metrics["gradient_checkpointing"] else "off"
+        table.add_row("speed", f"{metrics['throughput']['tokens_per_s']:,.0f} trained tokens/s, checkpointing {on}")
     table.add_row("time", f"{metrics['timings']['total_s']:.1f} s")
     table.add_row("adapter", str(run / "adapter"))
     console.print(table)

@@ -17,7 +17,7 @@ from finetune.cli import app
 from finetune.config import validate_recipe
 from finetune.data.read import load_splits
 from finetune.model import loading
-from finetune.train import loop, preflight
+from finetune.train import loop, preflight, report
 from finetune.train.prepare import prepare
 from finetune.vram import estimator
 from finetune.vram.architectures import load_spec
@@ -109,6 +109,9 @@ def test_training_applies_the_decision_and_records_it(tmp_path, monkeypatch, mem
     assert metrics["gradient_checkpointing"] is on
     assert f"gradient checkpointing {'on' if on else 'off'} (train.gradient_checkpointing: auto)" in output.getvalue()
     assert yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())["train"]["gradient_checkpointing"] == "auto"
+    summary = io.StringIO()
+    report.print_summary(Console(file=summary, width=200), metrics, tmp_path / "run")
+    assert f"trained tokens/s, checkpointing {'on' if on else 'off'}" in summary.getvalue()
 
 
 def test_a_bad_value_names_the_choices(write_recipe):
