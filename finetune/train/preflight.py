@@ -71,9 +71,9 @@ def decide_checkpointing(
     when the recipe already says true or false.
 
     Checkpointing costs a third more compute for activation memory that drops from every layer's to one layer's
-    (on the CPU benchmark 1.36x-1.62x the tokens/s without it, docs/throughput.md): where the memory is there, auto spends it.
-    auto keeps it on where the estimate has not been measured: Unsloth (its own offloaded checkpointing),
-    FSDP, DPO/ORPO, an architecture the estimator does not know.
+    (without it, 1.36x-1.62x the tokens/s on the CPU benchmark, docs/throughput.md): where the memory is there,
+    auto spends it. auto keeps it on where the estimate has not been measured: Unsloth (its own offloaded
+    checkpointing), FSDP, DPO/ORPO, an architecture the estimator does not know.
     """
     if recipe.train.gradient_checkpointing != "auto":
         return recipe, None

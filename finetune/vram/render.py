@@ -45,10 +45,9 @@ def render_table(
     for name, gib in (gpus or GPUS).items():
         ok = fits(est, int(gib * GiB))
         auto = []
-        if unchecked is not None and auto_checkpointing(unchecked, gib * GiB) == "off":
-            auto = [f"off: {unchecked.total_bytes / GiB:.2f} GiB, faster"]
-        elif unchecked is not None:
-            auto = ["on"]
+        if unchecked is not None:
+            off = auto_checkpointing(unchecked, gib * GiB) == "off"
+            auto = [f"off: {unchecked.total_bytes / GiB:.2f} GiB, faster" if off else "on"]
         fit.add_row(name, f"{gib:.1f}", "[green]yes[/green]" if ok else "[red]no[/red]", *auto)
     console.print(fit)
     if unchecked is not None:
