@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from finetune.errors import UserError
 from finetune.paths import looks_like_file
@@ -30,6 +31,17 @@ MAX_RECIPE_BYTES = 1_000_000
 class Section(BaseModel):
     # allow_inf_nan: .inf or .nan in any float (lora.alpha=.inf trained a NaN adapter) is an error
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic reads true as 1 and false as 0: `lora.r: true` would train rank 1."""
+        if isinstance(value, bool):
+            annotation = cls.model_fields[info.field_name].annotation
+            types = set(typing.get_args(annotation)) or {annotation}
+            if bool not in types and types & {int, float}:
+                raise ValueError("must be a number, not true/false")
+        return value
 
 
 class ModelSection(Section):
@@ -124,8 +136,30 @@ class ClassificationSection(Section):
     @field_validator("labels", mode="before")
     @classmethod
     def _stringify_keys(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {str(k): str(v) for k, v in value.items()}
+        """{0: negative} -> {"0": "negative"}: raw values are matched as text; a name that is not text or a
+        number (a list, a mapping, null) is an error, never its repr in the prompt."""
+        if not isinstance(value, dict):
+            return value
+        for key, name in value.items():
+            if not isinstance(key, (str, int, float)) or isinstance(name, bool):  # bool keys: {true: yes}
+                raise ValueError(f"maps raw label values to names; {key!r}: {name!r} is not a value and a name")
+            if not isinstance(name, (str, int, float)):
+                kind = {"NoneType": "null", "list": "a list", "dict": "a mapping"}.get(type(name).__name__, "")
+                raise ValueError(f"the name of {key!r} must be text (got {kind or type(name).__name__})")
+        return {str(k): str(v) for k, v in value.items()}
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, value: dict[str, str] | list[str] | None) -> dict[str, str] | list[str] | None:
+        names = list(value.values()) if isinstance(value, dict) else value
+        if names is None:
+            return value
+        if any(not name.strip() for name in names):
+            raise ValueError("a label name is empty")
+        if isinstance(value, list) and len(set(names)) < len(names):
+            raise ValueError(f"names a label twice ({next(n for n in names if names.count(n) > 1)!r})")
+        if len(set(names)) < 2:
+            raise ValueError("needs at least two label names to choose from")
         return value
 
 
@@ -200,7 +234,7 @@ class TrainSection(Section):
     eval_steps: int | Literal["auto"] = Field(
         "auto", description="Evaluate every N optimizer steps; auto = about 5 times per epoch."
     )
-    logging_steps: int = Field(5, gt=0, description="Record the training loss every N optimizer steps.")
+    logging_steps: int = Field(5, gt=0, le=10**8, description="Record the training loss every N optimizer steps.")
     seed: int = Field(
         42, ge=0, le=SEED_MAX, description="Seed for weights init of the adapter, dropout and data order."
     )
@@ -218,8 +252,8 @@ class TrainSection(Section):
     @field_validator("eval_steps")
     @classmethod
     def _positive_eval_steps(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value <= 0:
-            raise ValueError("must be a positive integer or 'auto'")
+        if isinstance(value, int) and not 0 < value <= 10**8:
+            raise ValueError("must be a positive integer (at most 10^8) or 'auto'")
         return value
 
 
@@ -241,17 +275,17 @@ class PreferenceSection(Section):
 
 class EarlyStoppingSection(Section):
     enabled: bool = Field(True, description="Stop when validation loss stops improving; keep the best adapter.")
-    patience: int = Field(3, gt=0, description="Evaluations without improvement before stopping.")
+    patience: int = Field(3, gt=0, le=10**6, description="Evaluations without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0, description="Smallest drop in validation loss that counts as improvement.")
 
 
 class SpikeGuardSection(Section):
     enabled: bool = Field(True, description="Skip updates whose loss or gradient is non-finite or spikes.")
     factor: float = Field(4.0, gt=1, description="A step loss above factor x the running median is a spike.")
-    window: int = Field(50, gt=0, description="Steps in the running median and in the spike count.")
-    max_spikes: int = Field(3, gt=0, description="Spikes within `window` steps that trigger a rollback.")
+    window: int = Field(50, gt=0, le=10**6, description="Steps in the running median and in the spike count.")
+    max_spikes: int = Field(3, gt=0, le=10**6, description="Spikes within `window` steps that trigger a rollback.")
     lr_factor: float = Field(0.5, gt=0, lt=1, description="Learning rate multiplier applied at each rollback.")
-    max_rollbacks: int = Field(2, ge=0, description="Rollbacks before the run stops as diverged.")
+    max_rollbacks: int = Field(2, ge=0, le=100, description="Rollbacks before the run stops as diverged.")
 
 
 class OutputSection(Section):
@@ -259,7 +293,7 @@ class OutputSection(Section):
         None, description="Run directory (relative to the working directory); default runs/<recipe>."
     )
     save_total_limit: int = Field(
-        2, gt=0, description="Checkpoints kept in all; the best and the newest are never deleted."
+        2, gt=0, le=10**6, description="Checkpoints kept in all; the best and the newest are never deleted."
     )
 
 
@@ -346,6 +380,8 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise UserError(f"{path}: a recipe is a YAML mapping with sections model, data, train, ...")
     for override in overrides:
         _apply_override(raw, override)
+        key = override.split("=", 1)[0].strip()  # its value is not on a line of the file: errors say --set
+        lines.update({name: 0 for name in lines if name == key or name.startswith(key + ".")} | {key: 0})
     recipe = validate_recipe(raw, source=str(path), lines=lines)
     return _resolve_paths(recipe, path.parent.resolve())
 

@@ -94,7 +94,7 @@ def explain(err: ValidationError, source: str, lines: dict[str, int], root: type
     loc = list(first["loc"])
     key = ".".join(loc) or "(top level)"
     line = _nearest_line(loc, lines)
-    where = f"{source}:{line}" if line else source
+    where = f"{source} (--set)" if line == 0 else f"{source}:{line}" if line else source
     if first["type"] == "extra_forbidden":
         fields = _fields_at(root, loc[:-1])
         close = difflib.get_close_matches(loc[-1], fields, n=1, cutoff=0.5)
@@ -106,9 +106,10 @@ def explain(err: ValidationError, source: str, lines: dict[str, int], root: type
     if first["type"] == "literal_error":
         message = f"must be {first['ctx']['expected']}"
     given = first.get("input")
-    shown = (
-        f" (got {given!r})" if isinstance(given, (str, int, float, bool)) else " (got null)" if given is None else ""
-    )
+    if isinstance(given, bool) or given is None:  # as the YAML says it
+        shown = f" (got {'null' if given is None else str(given).lower()})"
+    else:
+        shown = f" (got {given!r})" if isinstance(given, (str, int, float)) else ""
     return f"{where}: {key}: {message}{shown}"
 
 
@@ -158,8 +159,9 @@ def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
 
 
 def _nearest_line(loc: list[str], lines: dict[str, int]) -> int | None:
+    """The line of the key, or of the nearest section above it that is in the file; 0 for a --set value."""
     for end in range(len(loc), 0, -1):
         line = lines.get(".".join(loc[:end]))
-        if line:
+        if line is not None:
             return line
     return None

@@ -115,6 +115,51 @@ def test_fingerprint_ignores_output_dir(write_recipe):
     ],
 )
 def test_union_fields_get_one_error_naming_the_choices(raw, message):
+    check_error(raw, message)
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"lora": {"r": True}}, "lora.r: must be a number, not true/false (got true)"),  # pydantic would read 1
+        ({"train": {"max_steps": True}}, "train.max_steps: must be a number, not true/false"),
+        ({"train": {"eval_steps": False}}, "train.eval_steps: must be a number, not true/false (got false)"),
+        ({"train": {"learning_rate": True}}, "train.learning_rate: must be a number, not true/false"),
+        ({"spike_guard": {"window": 10**20}}, "spike_guard.window: Input should be less than or equal to 1000000"),
+        ({"train": {"eval_steps": 10**20}}, "train.eval_steps: must be a positive integer (at most 10^8) or 'auto'"),
+        ({"train": {"logging_steps": 10**20}}, "train.logging_steps: Input should be less than or equal to"),
+        (
+            {"data": {"classification": {"labels": {0: "neg", 1: ["neutral"]}}}},
+            "the name of 1 must be text (got a list)",
+        ),
+        ({"data": {"classification": {"labels": {0: "neg", 2: None}}}}, "the name of 2 must be text (got null)"),
+        ({"data": {"classification": {"labels": []}}}, "labels: needs at least two label names"),
+        ({"data": {"classification": {"labels": ["up", "up"]}}}, "labels: names a label twice ('up')"),
+        ({"data": {"classification": {"labels": ["up", " "]}}}, "labels: a label name is empty"),
+    ],
+)
+def test_values_of_the_wrong_kind_are_refused_not_coerced(raw, message):
+    check_error(raw, message)
+    assert validate_recipe(  # what they protect stays valid: booleans where booleans go, {true: yes} label maps
+        {
+            "model": {"name": "builtin:tiny-llama"},
+            "data": {"path": "x.jsonl", "classification": {"labels": {True: "yes", False: "no"}}},
+            "train": {"gradient_checkpointing": True, "fsdp": False},
+        }
+    ).data.classification.labels == {"True": "yes", "False": "no"}
+
+
+def test_a_bad_set_value_is_blamed_on_set_not_on_a_line_of_the_file(write_recipe):
+    path = write_recipe()
+    with pytest.raises(UserError) as err:
+        load_recipe(path, ["train.gradient_checkpointing=Auto"])
+    assert str(err.value).startswith(f"{path} (--set): train.gradient_checkpointing: must be true/false or 'auto'")
+    with pytest.raises(UserError) as err:
+        load_recipe(write_recipe({"train": {"epochs": 0}}))
+    assert str(err.value).startswith(f"{path}:") and "(--set)" not in str(err.value)
+
+
+def check_error(raw: dict, message: str) -> None:
     base = {"model": {"name": "builtin:tiny-llama"}, "data": {"path": "x.jsonl"}}
     for section, values in raw.items():
         base[section] = {**base.get(section, {}), **values} if isinstance(values, dict) else values

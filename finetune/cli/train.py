@@ -167,6 +167,13 @@ def init(
         raise UserError(f"{output}: is a directory; give the recipe file to write with -o")
     if output.exists() and not force:
         raise UserError(f"{output}: already exists; choose another -o or pass --force to replace it")
+    if output.exists() and (
+        data_file.exists() and output.samefile(data_file) or output.suffix not in (".yaml", ".yml")
+    ):
+        # --force replaces a recipe, never the data (or another file the recipe would not be)
+        raise UserError(
+            f"{output}: --force replaces a recipe file (.yaml) only, and never the data file; choose another -o"
+        )
     quiet_libraries(verbose=False)  # a tokenizer may be loaded: no transformers chatter
     starter = starter_recipe(data_file, output, model or DEFAULT_MODEL, tokenizer_for_lengths)
     try:

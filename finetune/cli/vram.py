@@ -162,8 +162,8 @@ def select_gpus(name: str | None, memory_gib: float | None) -> dict[str, float]:
     from finetune.vram import estimator
 
     if memory_gib is not None:
-        if memory_gib <= 0:
-            raise UserError(f"--gpu-memory must be positive (got {memory_gib})")
+        if not 0 < memory_gib < 1e6:  # also nan and inf
+            raise UserError(f"--gpu-memory must be a positive number of GiB below 10^6 (got {memory_gib})")
         return {name or "your GPU": memory_gib}
     if name is None:
         return dict(estimator.GPUS)

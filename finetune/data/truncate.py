@@ -32,8 +32,9 @@ def shorten(
     messages = [dict(message) for message in messages]
     first = 1 if messages and messages[0]["role"] == "system" else 0  # the system prompt always stays
     length = size(messages)
-    # 1. Earlier exchanges go first, while more than one answer is left.
-    while length > max_length and sum(m["role"] == "assistant" for m in messages) > 1:
+    # 1. Earlier exchanges go first, while there is one: an answer before the last message (in training the last
+    # message is the answer, kept; in a prompt for generation it is the user's turn).
+    while length > max_length and any(m["role"] == "assistant" for m in messages[:-1]):
         answer = next(i for i in range(first, len(messages)) if messages[i]["role"] == "assistant")
         del messages[first : answer + 1]
         length = size(messages)

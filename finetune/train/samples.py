@@ -16,7 +16,8 @@ from typing import Any
 from transformers import TrainerCallback
 
 from finetune.data.read import Example
-from finetune.run.generation import fitted_prompt_ids
+from finetune.errors import UserError
+from finetune.run.generation import fitted_prompt_ids, prompt_ids
 from finetune.run.run_dir import SAMPLES
 
 
@@ -62,8 +63,13 @@ class SampleWriter(TrainerCallback):
     def generate(self, model, messages: list[dict[str, str]]) -> str:
         import torch
 
-        budget = max(1, self.max_length - self.max_new_tokens)
-        ids = torch.tensor([fitted_prompt_ids(self.tokenizer, messages, budget)], device=model.device)
+        # the prompt gets what the answer leaves of max_length, and at least half of it (long samples run past it)
+        budget = max(self.max_length - self.max_new_tokens, self.max_length // 2, 1)
+        try:
+            prompt = fitted_prompt_ids(self.tokenizer, messages, budget)
+        except UserError:  # cannot be cut enough (a long system prompt): its last tokens, as eval's answers
+            prompt = prompt_ids(self.tokenizer, messages)[-budget:]
+        ids = torch.tensor([prompt], device=model.device)
         was_training = model.training
         model.eval()
         try:

@@ -90,3 +90,26 @@ def test_a_template_with_headers_keeps_them_whole(tiny_tokenizer):
 def test_plain_text_is_cut_at_the_end(tiny_tokenizer):
     encoded = encode(Example(text="x" * 500), tiny_tokenizer, 100, True)
     assert len(encoded.input_ids) == 100 and encoded.truncated and not encoded.dropped
+
+
+def test_a_prompt_for_generation_loses_its_earlier_exchanges_first(tiny_tokenizer):
+    """A sample's or `generate`'s prompt ends with the user's turn: an earlier long answer is dropped whole
+    (it was kept as "the last answer" and the prompt refused, which stopped training at its first samples)."""
+    from finetune.run.generation import fitted_prompt_ids, prompt_ids
+
+    question = {"role": "user", "content": "And the margin?"}
+    messages = [{"role": "user", "content": "Revenue?"}, {"role": "assistant", "content": "x" * 2000}, question]
+    ids = fitted_prompt_ids(tiny_tokenizer, messages, 200)
+    assert ids == prompt_ids(tiny_tokenizer, [question])
+
+
+def test_samples_never_stop_training_on_a_prompt_that_cannot_be_cut(tiny_model_path, tiny_tokenizer, tmp_path):
+    """A system prompt longer than the budget is never cut: the sample keeps the prompt's last tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from finetune.train.samples import SampleWriter
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    messages = [{"role": "system", "content": "s" * 3000}, {"role": "user", "content": "Why?"}]
+    writer = SampleWriter([], tiny_tokenizer, tmp_path, max_new_tokens=400, max_length=384, trackers=[])
+    assert isinstance(writer.generate(model, messages), str)

@@ -64,6 +64,18 @@ def test_init_never_writes_over_a_file_unless_forced(tmp_path):
     assert run_cli("validate", recipe).exit_code == 0
 
 
+def test_init_force_never_replaces_the_data_or_a_non_recipe_file(tmp_path):
+    data = tmp_path / "mine.jsonl"
+    data.write_bytes((ROOT / "data" / "finance_qa.jsonl").read_bytes())
+    (tmp_path / "link.yaml").symlink_to(data)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep\n")
+    for target in (data, tmp_path / "link.yaml", notes):
+        result = run_cli("init", data, "-o", target, "--model", "builtin:tiny-llama", "--force")
+        assert result.exit_code == 2 and "replaces a recipe file (.yaml) only" in result.output, result.output
+    assert data.read_bytes() == (ROOT / "data" / "finance_qa.jsonl").read_bytes() and notes.read_text() == "keep\n"
+
+
 def test_init_bad_input_is_one_line_and_exit_2(tmp_path):
     odd = write_jsonl(tmp_path / "odd.jsonl", [{"question": "q", "answer": "a"}])
     qa = ROOT / "data" / "finance_qa.jsonl"

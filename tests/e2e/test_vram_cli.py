@@ -65,6 +65,8 @@ def test_table_and_advice_when_it_does_not_fit():
         (["--model", "meta-llama/Llama-3.2-1B", "--gpu", "Voodoo3"], "unknown GPU"),
         ([], "needs a RECIPE or --model"),
         ([ROOT / "recipes" / "quickstart.yaml", "--measure"], "needs a CUDA GPU"),
+        (["--model", "meta-llama/Llama-3.2-1B", "--gpu-memory", "inf"], "--gpu-memory must be a positive number"),
+        (["--model", "meta-llama/Llama-3.2-1B", "--gpu-memory", "nan", "--json"], "--gpu-memory must be a positive"),
     ],
 )
 def test_bad_input_exit_code_2(args, message):
