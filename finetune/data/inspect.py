@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import csv
 import difflib
+import io
 import json
 import math
 from collections import Counter
@@ -26,6 +27,7 @@ from finetune.data.preference import encode_pair
 from finetune.data.read import (
     check_csv_header,
     detect_format,
+    json_problem,
     label_mapping,
     read_rows,
     split_examples,
@@ -89,7 +91,7 @@ def read_tolerant(source: str, data: DataSection) -> tuple[list[tuple[str, dict[
 
 def _jsonl(path: Path, raw: bytes) -> tuple[list[tuple[str, dict[str, Any]]], list[Problem]]:
     rows, problems = [], []
-    for number, line in enumerate(raw.split(b"\n"), start=1):
+    for number, line in enumerate(raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"), start=1):
         location = f"{path.name}:{number}"
         if not line.strip():
             continue  # blank lines are not rows (training skips them too)
@@ -98,8 +100,8 @@ def _jsonl(path: Path, raw: bytes) -> tuple[list[tuple[str, dict[str, Any]]], li
         except UnicodeDecodeError:
             problems.append(Problem(location, "malformed", "not valid UTF-8; re-save the file as UTF-8"))
             continue
-        except json.JSONDecodeError as err:
-            problems.append(Problem(location, "malformed", f"invalid JSON ({err.msg} at column {err.colno})"))
+        except (ValueError, RecursionError) as err:  # syntax, a number past 4,300 digits, nesting too deep
+            problems.append(Problem(location, "malformed", f"invalid JSON ({json_problem(err)})"))
             continue
         if isinstance(row, dict):
             rows.append((location, row))
@@ -114,7 +116,7 @@ def _csv(path: Path, raw: bytes) -> tuple[list[tuple[str, dict[str, Any]]], list
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise UserError(f"{path}:{line}: not valid UTF-8 (byte {err.start}); re-save the file as UTF-8") from err
-    reader = csv.DictReader(text.splitlines(keepends=True))
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # csv's own line breaks, as training reads it
     rows, problems = [], []
     try:
         check_csv_header(path, reader.fieldnames or [], reader.line_num)  # a whole-file problem: stop here
@@ -158,9 +160,8 @@ def load(sources: list[str], data: DataSection) -> list[Loaded]:
     read = [read_tolerant(source, data) for source in sources]
     all_rows = [row for rows, _ in read for row in rows]
     fmt = data.format
-    if fmt == "auto":  # like load_splits: the first row decides (skipping blank ones)
-        first = next((row for _, row in all_rows if not all(_blank(v) for v in row.values())), all_rows[0][1])
-        fmt = detect_format(set(first), data.classification)
+    if fmt == "auto":  # like load_splits: the first row with a value decides
+        fmt = detect_format(all_rows, data.classification)
     labels = label_mapping(all_rows, data.classification) if fmt == "classification" else {}
     loaded = []
     for rows, problems in read:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import random
 from collections import Counter
@@ -69,15 +70,34 @@ def _read_text(path: Path) -> str:
         raise UserError(f"{path}:{line}: not valid UTF-8 (byte {err.start}); re-save the file as UTF-8") from err
 
 
+# CSV fields as long as a report (csv's default limit is 131,072 characters; a JSONL line has none)
+csv.field_size_limit(2**31 - 1)
+
+
+def file_lines(text: str) -> list[str]:
+    """The lines of a data file: split at \n, \r\n or \r only. (str.splitlines also splits at U+2028, U+0085
+    and form feeds, which a JSON string or a CSV field may hold raw: valid rows would be torn in two.)"""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def json_problem(err: ValueError | RecursionError) -> str:
+    """What json.loads refused, in a few words: a syntax error, a number past Python's 4,300 digits, or nesting
+    deeper than the interpreter's recursion limit."""
+    if isinstance(err, json.JSONDecodeError):
+        return f"{err.msg} at column {err.colno}"
+    return "nested too deeply" if isinstance(err, RecursionError) else str(err).split(";")[0].split(":")[0]
+
+
 def _read_jsonl(path: Path) -> list[tuple[str, dict[str, Any]]]:
     rows = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+    for number, line in enumerate(file_lines(_read_text(path)), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{number}: invalid JSON ({err.msg}); each line must be one JSON object") from err
+        except (ValueError, RecursionError) as err:
+            problem = json_problem(err)
+            raise UserError(f"{path}:{number}: invalid JSON ({problem}); each line must be one JSON object") from err
         if not isinstance(row, dict):
             raise UserError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
         rows.append((f"{path.name}:{number}", row))
@@ -88,7 +108,10 @@ def _read_json(path: Path) -> list[tuple[str, dict[str, Any]]]:
     try:
         value = json.loads(_read_text(path))
     except json.JSONDecodeError as err:
-        raise UserError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from err
+        hint = "; a file of one JSON object per line is .jsonl" if err.msg == "Extra data" else ""
+        raise UserError(f"{path}:{err.lineno}: invalid JSON ({err.msg}){hint}") from err
+    except (ValueError, RecursionError) as err:
+        raise UserError(f"{path}: invalid JSON ({json_problem(err)})") from err
     if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), list):
         value = next(iter(value.values()))  # {"data": [...]}
     if not isinstance(value, list) or not all(isinstance(row, dict) for row in value):
@@ -99,7 +122,7 @@ def _read_json(path: Path) -> list[tuple[str, dict[str, Any]]]:
 def _read_csv(path: Path) -> list[tuple[str, dict[str, Any]]]:
     text = _read_text(path)
     try:
-        reader = csv.DictReader(text.splitlines(keepends=True))
+        reader = csv.DictReader(io.StringIO(text, newline=""))  # csv's own line breaks: \n, \r\n, \r
         check_csv_header(path, reader.fieldnames or [], reader.line_num)
         rows = []
         for row in reader:
@@ -158,7 +181,7 @@ def load_splits(data: DataSection) -> Splits:
 
     fmt = data.format
     if fmt == "auto":
-        fmt = detect_format(set(all_rows[0][1]), data.classification)
+        fmt = detect_format(all_rows, data.classification)
     labels = label_mapping(all_rows, data.classification) if fmt == "classification" else {}
     examples = {name: [to_example(loc, row, fmt, data, labels) for loc, row in rows] for name, rows in raw.items()}
 
@@ -225,7 +248,7 @@ def _no_answer_text(example: Example) -> bool:
 def load_examples(source: str, data: DataSection) -> tuple[list[Example], str, list[str]]:
     """One file (or hub id) converted with the recipe's format settings: `finetune eval --data FILE`."""
     rows = read_rows(source, data)
-    fmt = data.format if data.format != "auto" else detect_format(set(rows[0][1]), data.classification)
+    fmt = data.format if data.format != "auto" else detect_format(rows, data.classification)
     labels = label_mapping(rows, data.classification) if fmt == "classification" else {}
     examples = [to_example(location, row, fmt, data, labels) for location, row in rows]
     return examples, fmt, list(dict.fromkeys(labels.values()))

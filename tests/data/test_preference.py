@@ -21,10 +21,10 @@ def example(row=ROW, data=DATA):
 
 
 def test_the_format_is_detected_from_prompt_chosen_rejected():
-    assert detect_format({"prompt", "chosen", "rejected"}, DATA.classification) == "preference"
-    assert detect_format({"prompt", "completion"}, DATA.classification) == "prompt_completion"
+    assert detect_format(rows("prompt", "chosen", "rejected"), DATA.classification) == "preference"
+    assert detect_format(rows("prompt", "completion"), DATA.classification) == "prompt_completion"
     with pytest.raises(UserError, match="no prompt column"):
-        detect_format({"chosen", "rejected"}, DATA.classification)
+        detect_format(rows("chosen", "rejected"), DATA.classification)
 
 
 def test_a_text_row_becomes_the_prompt_the_chosen_answer_and_the_rejected_one():
@@ -168,3 +168,7 @@ def test_loss_png_gets_a_reward_panel_for_preference_runs(tmp_path):
     sft_height = matplotlib.image.imread(tmp_path / "sft.png").shape[0]
     dpo_height = matplotlib.image.imread(tmp_path / "dpo.png").shape[0]
     assert dpo_height > 1.5 * sft_height  # a second panel below the losses
+
+
+def rows(*columns: str) -> list:
+    return [("d.jsonl:1", dict.fromkeys(columns, "x"))]

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -293,3 +294,62 @@ def test_empty_validation_answers_are_refused_too_and_some_empty_answers_load(tm
     write_jsonl(tmp_path / "v.jsonl", [chat(""), chat("a")])
     splits = load_splits(data)  # some empty answers: trained, and counted when tokenized
     assert [m["content"] for e in splits.train for m in e.messages if m["role"] == "assistant"] == ["", "a", "", "a"]
+
+
+def alpaca_rows(count: int = 10) -> list[dict]:
+    return [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(count)]
+
+
+def test_line_breaks_inside_values_keep_rows_whole_in_training_and_in_inspect(tmp_path):
+    """U+2028, U+0085 and form feeds are valid raw inside a JSON string or a CSV field: str.splitlines tore such
+    rows in two (train refused valid JSONL, and trained half a CSV row as a row of its own)."""
+    from finetune.data.inspect import read_tolerant
+
+    odd = "line one\u2028line two\x85three\x0cfour"
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text(
+        "".join(
+            json.dumps(r, ensure_ascii=False) + "\n" for r in [{**alpaca_rows(1)[0], "output": odd}] + alpaca_rows(9)
+        )
+    )
+    csv_file = tmp_path / "d.csv"
+    csv_file.write_text("instruction,output\n" + f"q,{odd}\n" + "".join(f"q{i},a{i}\n" for i in range(9)))
+    cr_only = tmp_path / "cr.jsonl"
+    cr_only.write_text("".join(json.dumps(r) + "\r" for r in alpaca_rows()))
+    for path in (jsonl, csv_file, cr_only):
+        rows = read_rows(str(path))
+        assert len(rows) == 10, path
+        assert odd in {row["output"] for _, row in rows} or path == cr_only
+        assert len(read_tolerant(str(path), section(path))[0]) == 10, path  # `data inspect` reads the same
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ('{"instruction": "q", "output": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+        ('{"instruction": "q", "output": "a", "n": ' + "9" * 5000 + "}", "Exceeds the limit (4300 digits)"),
+    ],
+)
+def test_json_that_python_cannot_hold_is_a_user_error_naming_the_line(tmp_path, line, problem):
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in alpaca_rows(3)) + line + "\n")
+    with pytest.raises(UserError, match=rf"d\.jsonl:4: invalid JSON \({re.escape(problem)}"):
+        read_rows(str(path))
+
+
+def test_a_csv_field_as_long_as_a_report_is_read(tmp_path):
+    path = tmp_path / "d.csv"
+    report = "revenue 1,234; " * 20_000  # 300,000 characters, over csv's default 131,072
+    path.write_text("instruction,output\n" + f'"{report}",a\n' + "".join(f"q{i},a{i}\n" for i in range(9)))
+    assert read_rows(str(path))[0][1]["instruction"] == report
+
+
+def test_the_format_error_names_the_file_and_a_blank_first_row_does_not_decide(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"question": "q", "answer": "a"}] * 10)
+    with pytest.raises(
+        UserError, match=r"^d\.jsonl:1: cannot detect the data format from columns \['answer', 'question'\]"
+    ):
+        load_splits(section(path))
+    path = write_jsonl(tmp_path / "e.jsonl", [{}] + alpaca_rows())
+    with pytest.raises(UserError, match=r"e\.jsonl:1: "):  # the blank row is an error of its own, not "columns []"
+        load_splits(section(path))
