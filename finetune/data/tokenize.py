@@ -248,3 +248,31 @@ def check_special_tokens(tokenizer: Any) -> list[str]:
             "so the real EOS at the end of every answer is still trained"
         )
     return notes
+
+
+def special_token_notes(tokenizer: Any, splits: dict[str, list[Example]]) -> list[str]:
+    """User text that spells a special token ("<|eot_id|>", "</s>") is encoded as that token, control and all:
+    an answer holding "<|end_of_text|>" teaches the model to stop there. Said, not changed: the chat template
+    is rendered to text and parsed the same way, so the tokenizer cannot tell the two apart."""
+    import re
+
+    specials = sorted({t for t in tokenizer.all_special_tokens if len(t) > 1}, key=len, reverse=True)
+    if not specials:
+        return []
+    pattern = re.compile("|".join(map(re.escape, specials)))
+    notes = []
+    for name, examples in splits.items():
+        found = [
+            (example.source, match.group())
+            for example in examples
+            for text in [*(m["content"] for m in example.messages or []), example.text or "", example.rejected or ""]
+            if (match := pattern.search(text))
+        ]
+        if found:
+            where, token = found[0]
+            notes.append(
+                f"{len(found)} {name} texts spell a special token of the tokenizer (e.g. {token!r} at {where}); it is "
+                "encoded as that token, so an answer holding it teaches the model to stop or switch turns there: "
+                "remove it from the data"
+            )
+    return notes

@@ -17,7 +17,7 @@ from finetune.data import batching
 from finetune.data.leakage import exact_leaks
 from finetune.data.read import Splits
 from finetune.data.token_cache import cached_encode
-from finetune.data.tokenize import EncodingReport, check_special_tokens, ensure_chat_template
+from finetune.data.tokenize import EncodingReport, check_special_tokens, ensure_chat_template, special_token_notes
 from finetune.errors import UserError
 from finetune.model.loading import load_tokenizer, resolve_model_path
 from finetune.train.plan import Plan, make_plan, warnings_for
@@ -66,6 +66,7 @@ def prepare(recipe: Recipe, splits: Splits, world_size: int = 1, model_path: str
         world_size=world_size,
     )
     notes += leak_notes(splits) + warnings_for(recipe) + truncation_notes(reports, recipe.data.max_length)
+    notes += special_token_notes(tokenizer, {name: getattr(splits, name) for name in SPLITS})
     return Prepared(splits, model_path, tokenizer, datasets, reports, plan, mode, notes, time.perf_counter() - started)
 
 

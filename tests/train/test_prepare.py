@@ -46,3 +46,24 @@ def test_packed_runs_count_steps_over_packed_sequences(write_recipe, monkeypatch
     assert prepared.plan.train_rows == packed < len(prepared.datasets["train"])
     sizes = (len(prepared.datasets["validation"]), len(prepared.datasets["test"]))
     assert (prepared.plan.validation_rows, prepared.plan.test_rows) == sizes
+
+
+def test_text_that_spells_a_special_token_is_pointed_out(write_recipe, tmp_path, tiny_tokenizer):
+    """The tiny tokenizer encodes "<|end_of_text|>" in an answer as its EOS: the run says so, naming a row."""
+    import json
+
+    eos = tiny_tokenizer.eos_token
+    assert len(tiny_tokenizer("a " + eos + " b", add_special_tokens=False)["input_ids"]) < len("a " + eos + " b")
+    rows = [{"instruction": f"q{i}", "output": f"answer {i} {eos} more"} for i in range(40)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    recipe = load_recipe(write_recipe({"data": {"path": str(data)}}))
+    notes = [n for n in prepare(recipe, load_splits(recipe.data)).notes if "spell a special token" in n]
+    assert [n.split(" (")[0] for n in notes] == [  # 80/10/10 of 40 rows, one answer each
+        "32 train texts spell a special token of the tokenizer",
+        "4 validation texts spell a special token of the tokenizer",
+        "4 test texts spell a special token of the tokenizer",
+    ]
+    assert f"(e.g. {eos!r} at d.jsonl:" in notes[0] and notes[0].endswith("remove it from the data")
+    clean = load_recipe(write_recipe())
+    assert not [n for n in prepare(clean, load_splits(clean.data)).notes if "special token" in n]
