@@ -6,8 +6,9 @@
 #
 # Engine: ../shared/tools/docker-here.sh when that file exists (it starts Debian's dockerd, makes a
 # stand-in python:3.11-slim-bookworm and serves the CPU torch wheel: for machines that reach no
-# container registry), else the `docker` already running. No engine: one line saying so, exit 3
-# (.ci/run passes on 3). Any failed check: its reason, exit 1.
+# container registry), else the `docker` already running. No engine, or an engine without the base
+# image that cannot pull it: one line saying so, exit 3 (.ci/run passes on 3). Any failed check: its
+# reason, exit 1.
 #
 # The checks:
 #   build      the image builds; after a change to one .py file it rebuilds in under 30 s
@@ -63,6 +64,12 @@ if [ -f "$HERE" ]; then
   export DOCKER_BUILDKIT=0                                # as docker-here.sh builds: the classic builder, no buildx
 elif command -v docker >/dev/null && docker info >/dev/null 2>&1; then
   BUILD=(docker build -t "$IMAGE" .)
+  # Without docker-here.sh's stand-in, the build needs the real base image: here already, or pulled.
+  base="python:$(sed -n 's/^ARG PYTHON_VERSION=//p' Dockerfile | head -1)-slim-bookworm"
+  if ! docker image inspect "$base" >/dev/null 2>&1 && ! docker pull -q "$base" >"$WORK/pull.log" 2>&1; then
+    echo "docker check skipped: the base image $base is not here and cannot be pulled ($(tail -1 "$WORK/pull.log"))"
+    exit 3
+  fi
 else
   echo "docker check skipped: no Docker engine here (docker info fails) and no ../shared/tools/docker-here.sh to start one"
   exit 3
