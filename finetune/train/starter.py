@@ -26,6 +26,7 @@ import yaml
 
 from finetune.config import TINY_MODEL, DataFormat, DataSection, ModelSection, TrainSection, validate_recipe
 from finetune.data.inspect import load, measure, percentile
+from finetune.data.read import split_examples
 from finetune.errors import UserError
 from finetune.vram import estimator
 from finetune.vram.architectures import load_spec
@@ -62,6 +63,12 @@ def starter_recipe(data_file: Path, recipe_file: Path, model: str, load_tokenize
     loaded = load([str(data_file)], probe)[0]
     if not loaded.items:
         raise UserError(f"{data_file}: no usable rows; `finetune data inspect {data_file}` lists what is wrong")
+    split = probe.split  # the recipe splits data.path like this: every part needs a row, or it fails validate
+    if not all(split_examples([item.example for item in loaded.items], split.validation, split.test, split.seed)):
+        raise UserError(
+            f"{data_file}: {len(loaded.items)} usable rows are too few to split into train, validation and test "
+            f"({1 - split.validation - split.test:.0%}/{split.validation:.0%}/{split.test:.0%}); add rows"
+        )
 
     tokenizer, note = load_tokenizer(ModelSection(name=model), probe)
     if tokenizer is not None:

@@ -76,6 +76,19 @@ def test_init_force_never_replaces_the_data_or_a_non_recipe_file(tmp_path):
     assert data.read_bytes() == (ROOT / "data" / "finance_qa.jsonl").read_bytes() and notes.read_text() == "keep\n"
 
 
+def test_init_refuses_data_too_small_to_split_and_writes_nothing(tmp_path):
+    rows = (ROOT / "data" / "finance_qa.jsonl").read_text().splitlines(keepends=True)
+    for count, written in ((2, False), (3, True)):  # one row each for train, validation and test at least
+        data, recipe = tmp_path / f"d{count}.jsonl", tmp_path / f"r{count}.yaml"
+        data.write_text("".join(rows[:count]))
+        result = run_cli("init", data, "-o", recipe, "--model", "builtin:tiny-llama")
+        assert recipe.exists() is written and result.exit_code == (0 if written else 2), result.output
+        if written:
+            assert run_cli("validate", recipe).exit_code == 0
+        else:
+            assert f"{count} usable rows are too few to split into train, validation and test" in result.output
+
+
 def test_init_bad_input_is_one_line_and_exit_2(tmp_path):
     odd = write_jsonl(tmp_path / "odd.jsonl", [{"question": "q", "answer": "a"}])
     qa = ROOT / "data" / "finance_qa.jsonl"

@@ -82,7 +82,7 @@ def test_a_small_gpu_gets_advice_and_a_long_context_is_capped_at_the_models(tmp_
 def test_far_away_data_is_named_by_absolute_path_and_unknown_models_still_get_a_recipe(tmp_path):
     (tmp_path / "a" / "b").mkdir(parents=True)
     chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
-    data = write_jsonl(tmp_path / "a" / "b" / "rows.jsonl", [chat])
+    data = write_jsonl(tmp_path / "a" / "b" / "rows.jsonl", [chat] * 3)  # the fewest rows that split 80/10/10
     starter = starter_recipe(data, tmp_path / "x" / "y" / "r.yaml", "acme/unknown-model", no_tokenizer)
     assert yaml.safe_load(starter.text)["data"]["path"] == str(data.resolve())
     assert "GPU memory: no estimate for acme/unknown-model (unknown model id" in starter.text
@@ -90,9 +90,9 @@ def test_far_away_data_is_named_by_absolute_path_and_unknown_models_still_get_a_
 
 
 def test_bad_rows_are_counted_and_bad_files_are_one_line_errors(tmp_path):
-    data = write(tmp_path / "d.jsonl", '{"text": "a"}\nnot json\n{"text": "b"}\n')
+    data = write(tmp_path / "d.jsonl", '{"text": "a"}\nnot json\n{"text": "b"}\n{"text": "c"}\n')
     starter = starter_recipe(data, tmp_path / "r.yaml", DEFAULT_MODEL, no_tokenizer)
-    assert (starter.rows, starter.bad_rows) == (2, 1)
+    assert (starter.rows, starter.bad_rows) == (3, 1)
     assert "Bad rows: 1. `finetune train` stops at the first" in starter.text
     for path, message in [
         (tmp_path / "missing.jsonl", "data file not found"),
