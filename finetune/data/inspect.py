@@ -33,6 +33,7 @@ from finetune.data.read import (
     split_examples,
     to_example,
 )
+from finetune.data.rows import blank
 from finetune.data.tokenize import IGNORE, encode
 from finetune.errors import UserError
 
@@ -133,10 +134,6 @@ def _csv(path: Path, raw: bytes) -> tuple[list[tuple[str, dict[str, Any]]], list
     return rows, problems
 
 
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip()) or value in ([], {})
-
-
 def convert(
     rows: list[tuple[str, dict[str, Any]]], fmt: str, data: DataSection, labels: dict[str, str]
 ) -> tuple[list[Item], list[Problem]]:
@@ -146,7 +143,7 @@ def convert(
         try:
             example = to_example(location, row, fmt, data, labels)
         except UserError as err:
-            if all(_blank(v) for v in row.values()):
+            if all(map(blank, row.values())):
                 problems.append(Problem(location, "empty", "empty row: every value is blank"))
             else:
                 problems.append(Problem(location, "malformed", str(err).removeprefix(f"{location}: ")))

@@ -35,15 +35,16 @@ class Example:
 
 def detect_format(rows: list[tuple[str, dict[str, Any]]], classification: ClassificationSection) -> str:
     """The format of (location, row) pairs, from the columns of the first row that has a value; errors name it."""
-    location, first = next(((loc, row) for loc, row in rows if any(_filled(v) for v in row.values())), rows[0])
+    location, first = next(((loc, row) for loc, row in rows if not all(map(blank, row.values()))), rows[0])
     try:
         return _format_of(set(first), classification)
     except UserError as err:
         raise UserError(f"{location}: {err}") from None
 
 
-def _filled(value: Any) -> bool:
-    return value not in (None, "", [], {}) and not (isinstance(value, str) and not value.strip())
+def blank(value: Any) -> bool:
+    """No value: null, whitespace, an empty list or mapping (a row of only these is an empty row)."""
+    return value is None or (isinstance(value, str) and not value.strip()) or value in ([], {})
 
 
 def _format_of(columns: set[str], classification: ClassificationSection) -> str:

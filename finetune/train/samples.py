@@ -16,8 +16,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from finetune.data.read import Example
-from finetune.errors import UserError
-from finetune.run.generation import fitted_prompt_ids, prompt_ids
+from finetune.run.answers import fit_prompt
 from finetune.run.run_dir import SAMPLES
 
 
@@ -65,11 +64,8 @@ class SampleWriter(TrainerCallback):
 
         # the prompt gets what the answer leaves of max_length, and at least half of it (long samples run past it)
         budget = max(self.max_length - self.max_new_tokens, self.max_length // 2, 1)
-        try:
-            prompt = fitted_prompt_ids(self.tokenizer, messages, budget)
-        except UserError:  # cannot be cut enough (a long system prompt): its last tokens, as eval's answers
-            prompt = prompt_ids(self.tokenizer, messages)[-budget:]
-        ids = torch.tensor([prompt], device=model.device)
+        # cut as eval's answers cut a prompt; one that cannot be cut enough keeps its last tokens
+        ids = torch.tensor([fit_prompt(self.tokenizer, messages, budget, "prompt")], device=model.device)
         was_training = model.training
         model.eval()
         try:
